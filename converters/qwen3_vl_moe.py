@@ -1,0 +1,292 @@
+"""Qwen3-VL-MoE (Qwen3VLMoeForConditionalGeneration) -> llama.cpp `qwen3vlmoe` + `qwen3vl_merger`.
+
+Expert weights are found on disk in three layouts, told apart by shapes (H = hidden,
+I = moe_intermediate_size, E = experts):
+
+- "transformers": gate_up_proj [E, 2I, H], down_proj [E, H, I]  (transformers 5 save_pretrained)
+- "published":    gate_up_proj [E, H, 2I], down_proj [E, I, H]  (Qwen's released files)
+- "per_expert":   experts.{e}.{gate,up}_proj.weight [I, H], down_proj.weight [H, I]
+
+The two fused layouts can only look alike if 2I == H and I == H at once, which cannot be.
+GGUF wants gate/up as [E, I, H] and down as [E, H, I] in numpy order; gate is the first
+half of gate_up.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+from gguf import (MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, GGUFWriter, VisionProjectorType,
+                  get_tensor_name_map)
+
+from mode_edge.checkpoint import Checkpoint
+from mode_edge.errors import UserError
+from mode_edge.gguf.tensors import Role, TensorSpec
+from mode_edge.gguf.vocab import add_bpe_vocab
+
+from .base import ArchConverter
+
+TEXT_PREFIX = "model.language_model."
+VISION_PREFIX = "model.visual."
+
+_GELU_ACTS = {"gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_fast"}
+
+
+def _name(tensor: MODEL_TENSOR, bid: int | None = None, suffix: str = "weight") -> str:
+    base = TENSOR_NAMES[tensor].format(bid=bid) if bid is not None else TENSOR_NAMES[tensor]
+    return f"{base}.{suffix}" if suffix else base
+
+
+class Qwen3VLMoeConverter(ArchConverter):
+    model_types = ("qwen3_vl_moe",)
+    arch = "qwen3vlmoe"
+
+    def __init__(self, ckpt: Checkpoint):
+        super().__init__(ckpt)
+        cfg = ckpt.config
+        self.text = cfg.get("text_config") or {}
+        self.vision = cfg.get("vision_config") or {}
+        t = self.text
+        try:
+            self.n_layer = int(t["num_hidden_layers"])
+            self.n_embd = int(t["hidden_size"])
+            # transformers 5 saves num_experts under its attribute-map name
+            self.n_expert = int(t["num_experts"] if "num_experts" in t else t["num_local_experts"])
+            self.n_ff_exp = int(t["moe_intermediate_size"])
+            self.n_head = int(t["num_attention_heads"])
+        except KeyError as e:
+            raise UserError(f"config.json text_config lacks {e.args[0]}", "the config is incomplete; re-download it") from None
+        self.head_dim = int(t.get("head_dim") or self.n_embd // self.n_head)
+        if t.get("mlp_only_layers") or int(t.get("decoder_sparse_step", 1)) != 1:
+            raise UserError("this Qwen3-VL-MoE has dense (non-MoE) decoder layers",
+                            "llama.cpp's qwen3vlmoe expects every layer to be MoE; such a model is not supported")
+        rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
+        if rope.get("rope_type", "default") != "default":
+            raise UserError(f"rope type {rope.get('rope_type')!r} is not supported",
+                            "only the default (interleaved M-RoPE) Qwen3-VL rope converts")
+        self.rope = rope
+        self.layouts = [self._detect_layout(i) for i in range(self.n_layer)]
+        self._check_vision()
+        self._text_map = get_tensor_name_map(MODEL_ARCH.QWEN3VLMOE, self.n_layer)
+
+    # -- layout detection -----------------------------------------------------------------
+
+    def _detect_layout(self, il: int) -> str:
+        p = f"{TEXT_PREFIX}layers.{il}.mlp.experts."
+        E, H, I = self.n_expert, self.n_embd, self.n_ff_exp
+        ck = self.ckpt
+        if ck.has(p + "gate_up_proj"):
+            if not ck.has(p + "down_proj"):
+                raise UserError(f"layer {il} has gate_up_proj but no down_proj", "the checkpoint is incomplete")
+            gu, dn = ck.shape(p + "gate_up_proj"), ck.shape(p + "down_proj")
+            if gu == (E, 2 * I, H) and dn == (E, H, I):
+                return "transformers"
+            if gu == (E, H, 2 * I) and dn == (E, I, H):
+                return "published"
+            raise UserError(f"layer {il} expert shapes gate_up {gu} / down {dn} fit neither known layout "
+                            f"for E={E}, hidden={H}, moe_intermediate={I}",
+                            "the weights do not match config.json")
+        if ck.has(p + "0.gate_proj.weight"):
+            for e in range(E):
+                for proj, shape in (("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I))):
+                    name = f"{p}{e}.{proj}.weight"
+                    if not ck.has(name):
+                        raise UserError(f"expert weight {name} is missing", "the checkpoint is incomplete")
+                    if ck.shape(name) != shape:
+                        raise UserError(f"{name} has shape {ck.shape(name)}, expected {shape}",
+                                        "the weights do not match config.json")
+            return "per_expert"
+        raise UserError(f"no expert weights found for layer {il} (looked for {p}gate_up_proj and {p}0.gate_proj.weight)",
+                        "is this a Qwen3-VL-MoE checkpoint?")
+
+    def _check_vision(self) -> None:
+        v = self.vision
+        for key in ("depth", "hidden_size", "num_heads", "patch_size", "out_hidden_size", "num_position_embeddings"):
+            if key not in v:
+                raise UserError(f"config.json vision_config lacks {key}", "the config is incomplete; re-download it")
+        side = math.isqrt(int(v["num_position_embeddings"]))
+        if side * side != int(v["num_position_embeddings"]):
+            raise UserError("vision num_position_embeddings is not a square grid", "unsupported vision config")
+        if int(v.get("temporal_patch_size", 2)) != 2:
+            raise UserError("vision temporal_patch_size must be 2", "llama.cpp's qwen3vl merger supports only 2")
+        act = v.get("hidden_act", "gelu_pytorch_tanh")
+        if act not in _GELU_ACTS:
+            raise UserError(f"vision activation {act!r} is not supported", f"supported: {sorted(_GELU_ACTS)}")
+
+    # -- text model -----------------------------------------------------------------------
+
+    def add_text_metadata(self, w: GGUFWriter) -> None:
+        t = self.text
+        w.add_name(self.model_name)
+        w.add_context_length(int(t.get("max_position_embeddings", 4096)))
+        w.add_embedding_length(self.n_embd)
+        w.add_block_count(self.n_layer)
+        w.add_feed_forward_length(int(t.get("intermediate_size", self.n_ff_exp)))
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(int(t.get("num_key_value_heads", self.n_head)))
+        w.add_key_length(self.head_dim)
+        w.add_value_length(self.head_dim)
+        w.add_rope_dimension_count(self.head_dim)
+        w.add_rope_freq_base(float(self.rope.get("rope_theta", t.get("rope_theta", 10000.0))))
+        sections = list(self.rope.get("mrope_section", [self.head_dim // 2, 0, 0]))
+        w.add_rope_dimension_sections((sections + [0, 0, 0, 0])[:4])
+        w.add_layer_norm_rms_eps(float(t.get("rms_norm_eps", 1e-6)))
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(int(t["num_experts_per_tok"]))
+        w.add_expert_feed_forward_length(self.n_ff_exp)
+        w.add_num_deepstack_layers(len(self.vision.get("deepstack_visual_indexes", [])))
+        add_bpe_vocab(w, self.ckpt.dir, self.ckpt.shape(TEXT_PREFIX + "embed_tokens.weight")[0])
+
+    def _text_spec(self, hf_name: str) -> TensorSpec:
+        short = "model." + hf_name[len(TEXT_PREFIX):] if hf_name.startswith(TEXT_PREFIX) else hf_name
+        gguf_name = self._text_map.get_name(short, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise UserError(f"unexpected tensor {hf_name} in the checkpoint", "this converter does not know where it goes")
+        shape = self.ckpt.shape(hf_name)
+        if len(shape) == 1:
+            role = Role.NORM
+        elif ".ffn_gate_inp." in gguf_name:
+            role = Role.ROUTER
+        elif gguf_name.startswith("token_embd"):
+            role = Role.EMBED
+        elif gguf_name.startswith("output"):
+            role = Role.OUTPUT
+        elif ".attn_" in gguf_name:
+            role = Role.ATTN
+        else:
+            role = Role.FFN
+        return TensorSpec(gguf_name, shape, partial(self.ckpt.load, hf_name), role)
+
+    def _expert_specs(self, il: int) -> list[TensorSpec]:
+        p = f"{TEXT_PREFIX}layers.{il}.mlp.experts."
+        E, H, I = self.n_expert, self.n_embd, self.n_ff_exp
+        layout = self.layouts[il]
+        ck = self.ckpt
+        every = slice(None)
+
+        def fused_half(half: int) -> np.ndarray:
+            rows = slice(half * I, (half + 1) * I)
+            if layout == "transformers":
+                return ck.load(p + "gate_up_proj", (every, rows, every))
+            return ck.load(p + "gate_up_proj", (every, every, rows)).transpose(0, 2, 1)
+
+        def fused_down() -> np.ndarray:
+            arr = ck.load(p + "down_proj")
+            return arr if layout == "transformers" else arr.transpose(0, 2, 1)
+
+        def stacked(proj: str) -> np.ndarray:
+            return np.stack([ck.load(f"{p}{e}.{proj}.weight") for e in range(E)])
+
+        if layout == "per_expert":
+            gate, up, down = partial(stacked, "gate_proj"), partial(stacked, "up_proj"), partial(stacked, "down_proj")
+        else:
+            gate, up, down = partial(fused_half, 0), partial(fused_half, 1), fused_down
+        return [
+            TensorSpec(_name(MODEL_TENSOR.FFN_GATE_EXP, il), (E, I, H), gate, Role.EXPERT, E),
+            TensorSpec(_name(MODEL_TENSOR.FFN_UP_EXP, il), (E, I, H), up, Role.EXPERT, E),
+            TensorSpec(_name(MODEL_TENSOR.FFN_DOWN_EXP, il), (E, H, I), down, Role.EXPERT, E),
+        ]
+
+    def text_tensors(self) -> list[TensorSpec]:
+        specs: list[TensorSpec] = []
+        expert_layers: set[int] = set()
+        for name in self.ckpt.names():
+            if name.startswith(VISION_PREFIX):
+                continue
+            if ".mlp.experts." in name:
+                expert_layers.add(int(name[len(TEXT_PREFIX):].split(".")[1]))
+                continue
+            specs.append(self._text_spec(name))
+        for il in sorted(expert_layers):
+            specs.extend(self._expert_specs(il))
+        order = {"token_embd": 0, "blk": 1, "output_norm": 2, "output": 3}
+
+        def key(s: TensorSpec):
+            parts = s.name.split(".")
+            return (order.get(parts[0], 1), int(parts[1]) if parts[0] == "blk" else -1, s.name)
+
+        return sorted(specs, key=key)
+
+    # -- vision projector -----------------------------------------------------------------
+
+    def _preprocessor(self) -> dict:
+        return self.ckpt.read_json("preprocessor_config.json") or {}
+
+    def add_mmproj_metadata(self, w: GGUFWriter) -> None:
+        v = self.vision
+        pre = self._preprocessor()
+        patch = int(v["patch_size"])
+        side = math.isqrt(int(v["num_position_embeddings"]))
+        deepstack = [int(i) for i in v.get("deepstack_visual_indexes", [])]
+        w.add_name(f"mmproj-{self.model_name}")
+        w.add_clip_has_vision_encoder(True)
+        w.add_clip_projector_type(VisionProjectorType.QWEN3VL)
+        w.add_clip_vision_projector_type(VisionProjectorType.QWEN3VL)
+        w.add_vision_image_size(side * patch)  # the learned position grid, in pixels
+        w.add_vision_patch_size(patch)
+        w.add_vision_embedding_length(int(v["hidden_size"]))
+        w.add_vision_feed_forward_length(int(v["intermediate_size"]))
+        w.add_vision_block_count(int(v["depth"]))
+        w.add_vision_head_count(int(v["num_heads"]))
+        w.add_vision_attention_layernorm_eps(1e-6)  # the vision blocks' LayerNorm eps
+        w.add_vision_projection_dim(int(v["out_hidden_size"]))
+        w.add_vision_spatial_merge_size(int(v.get("spatial_merge_size", 2)))
+        w.add_vision_use_gelu(True)
+        w.add_vision_image_mean([float(x) for x in pre.get("image_mean", [0.5, 0.5, 0.5])])
+        w.add_vision_image_std([float(x) for x in pre.get("image_std", [0.5, 0.5, 0.5])])
+        w.add_vision_is_deepstack_layers([i in deepstack for i in range(int(v["depth"]))])
+
+    def mmproj_tensors(self) -> list[TensorSpec]:
+        v = self.vision
+        depth = int(v["depth"])
+        deepstack = [int(i) for i in v.get("deepstack_visual_indexes", [])]
+        vmap = get_tensor_name_map(MODEL_ARCH.MMPROJ, depth)
+        ck = self.ckpt
+        specs: list[TensorSpec] = []
+
+        def add(gguf_name: str, hf_name: str, role: Role, transform=None) -> None:
+            shape = ck.shape(hf_name)
+            load = partial(ck.load, hf_name)
+            if transform is not None:
+                load = (lambda f, g: (lambda: g(f())))(load, transform)
+                shape = transform(np.empty(shape, dtype=np.float32)).shape
+            if len(shape) == 1:
+                role = Role.NORM if role in (Role.NORM,) else Role.BIAS
+            specs.append(TensorSpec(gguf_name, tuple(shape), load, role))
+
+        for name in ck.names():
+            if not name.startswith(VISION_PREFIX):
+                continue
+            rest = name[len(VISION_PREFIX):]
+            suffix = rest.rsplit(".", 1)[1]
+            if rest == "patch_embed.proj.weight":
+                # Conv3d [C_out, C_in, T=2, p, p] -> one 2-D kernel per temporal slice
+                add(_name(MODEL_TENSOR.V_ENC_EMBD_PATCH), name, Role.PATCH, lambda a: a[:, :, 0])
+                add(_name(MODEL_TENSOR.V_ENC_EMBD_PATCH) + ".1", name, Role.PATCH, lambda a: a[:, :, 1])
+            elif rest.startswith("merger."):
+                part = rest.split(".")[1]
+                target = {"norm": _name(MODEL_TENSOR.V_POST_NORM, suffix=suffix),
+                          "linear_fc1": _name(MODEL_TENSOR.V_MMPROJ, 0, suffix),
+                          "linear_fc2": _name(MODEL_TENSOR.V_MMPROJ, 2, suffix)}.get(part)
+                if target is None:
+                    raise UserError(f"unexpected tensor {name} in the checkpoint", "unknown merger part")
+                add(target, name, Role.NORM if part == "norm" else Role.PROJECTOR)
+            elif rest.startswith("deepstack_merger_list."):
+                _, k, part, _ = rest.split(".")
+                if int(k) >= len(deepstack):
+                    raise UserError(f"{name} has no entry in deepstack_visual_indexes", "config and weights disagree")
+                layer = deepstack[int(k)]  # llama.cpp indexes deepstack by vision layer
+                kind = {"norm": MODEL_TENSOR.V_DS_NORM, "linear_fc1": MODEL_TENSOR.V_DS_FC1,
+                        "linear_fc2": MODEL_TENSOR.V_DS_FC2}[part]
+                add(_name(kind, layer, suffix), name, Role.NORM if part == "norm" else Role.PROJECTOR)
+            else:
+                gguf_name = vmap.get_name("visual." + rest, try_suffixes=(".weight", ".bias"))
+                if gguf_name is None:
+                    raise UserError(f"unexpected tensor {name} in the checkpoint", "this converter does not know where it goes")
+                role = Role.POSITION if "position_embd" in gguf_name else (
+                    Role.NORM if ".ln" in gguf_name else Role.VISION)
+                add(gguf_name, name, role)
+        return sorted(specs, key=lambda s: (not s.name.startswith("v.patch") and not s.name.startswith("v.position"),
+                                            s.name.startswith("mm."), s.name))

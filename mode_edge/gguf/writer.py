@@ -1,0 +1,73 @@
+"""Streaming GGUF writer: header and tensor index first, then one tensor at a time.
+
+gguf-py's GGUFWriter holds every tensor until the end when tensors are added with
+add_tensor; here only tensor infos are registered up front and each tensor's data is
+produced, written and dropped in turn, so peak memory is one tensor. The file is written
+under a temporary name in the target folder and renamed by the caller once every output
+of a command is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+
+
+def tensor_nbytes(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> int:
+    block, type_size = GGML_QUANT_SIZES[ggml_type]
+    n = int(np.prod(shape))
+    if shape[-1] % block:
+        raise ValueError(f"row length {shape[-1]} is not a multiple of {ggml_type.name}'s block {block}")
+    return n // block * type_size
+
+
+@dataclass
+class OutTensor:
+    """A tensor as it will be stored: GGUF name, logical shape (numpy order), type, data."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: GGMLQuantizationType
+    produce: Callable[[], np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.shape, self.ggml_type)
+
+
+def temp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+
+
+def write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None],
+               tensors: list[OutTensor], on_tensor: Callable[[OutTensor], None] | None = None) -> int:
+    """Write a complete GGUF file at `path` (the caller's temporary name). Returns its size."""
+    w = GGUFWriter(path, arch)
+    add_metadata(w)
+    for t in tensors:
+        # logical shape + raw_dtype: gguf-py stores the shape as given for non-uint8 dtypes
+        w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for t in tensors:
+            data = t.produce()
+            if data.nbytes != t.nbytes:
+                raise RuntimeError(f"{t.name}: produced {data.nbytes} bytes, expected {t.nbytes}")
+            w.write_tensor_data(data)
+            if on_tensor is not None:
+                on_tensor(t)
+            del data
+        w.flush()
+        assert w.fout is not None
+        for f in w.fout:
+            os.fsync(f.fileno())
+    finally:
+        w.close()
+    return path.stat().st_size
