@@ -1,0 +1,75 @@
+"""Session fixtures: tiny random Qwen3-VL-MoE checkpoints in every expert layout, converted."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mode_edge.testbed.tiny_qwen3_vl_moe import build_tiny_model, relayout_experts
+
+# "published_square": hidden == 2 * moe_intermediate, so gate_up_proj is square and only
+# down_proj's shape tells the published layout from transformers' own.
+LAYOUT_CASES = ["transformers", "published", "per_expert", "published_square"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    base = build_tiny_model(root / "tiny-transformers", seed=0)
+    models = {"transformers": base}
+    for layout in ("published", "per_expert"):
+        d = shutil.copytree(base, root / f"tiny-{layout}")
+        relayout_experts(d, layout)
+        models[layout] = d
+    # transformers itself misreads this case (its shape-checked transpose skips a square
+    # gate_up_proj), so the reference is loaded from the same weights in its own layout
+    square = build_tiny_model(root / "tiny-square-ref", seed=1, expert_ff=128)
+    models["published_square"] = shutil.copytree(square, root / "tiny-square")
+    relayout_experts(models["published_square"], "published")
+    models["square_reference"] = square
+    return models
+
+
+@pytest.fixture(scope="session")
+def converted(tiny_models, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """F32 text GGUF + F16 mmproj for each layout case."""
+    from mode_edge.gguf.export import export_model
+
+    out = {}
+    for case in LAYOUT_CASES:
+        model_dir = tiny_models[case]
+        r = export_model(model_dir, tmp_path_factory.mktemp(f"gguf-{case}"), "f32")
+        out[case] = (r.text_path, r.mmproj_path)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_models(tiny_models):
+    """transformers' own models for the two distinct weight sets, loaded from disk."""
+    import torch
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    cache = {}
+
+    def get(case: str):
+        src = "square_reference" if case == "published_square" else "transformers"
+        if src not in cache:
+            cache[src] = Qwen3VLMoeForConditionalGeneration.from_pretrained(
+                tiny_models[src], dtype=torch.float32).eval()
+        return cache[src]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def test_image() -> np.ndarray:
+    """A 128x96 RGB image: a multiple of patch*merge (32) on both sides, so neither
+    transformers nor llama.cpp resizes it and both see the same pixels."""
+    rng = np.random.default_rng(0)
+    img = np.full((96, 128, 3), 230, dtype=np.uint8)
+    img[20:60, 30:80] = (200, 30, 30)
+    img += (rng.random(img.shape) * 20).astype(np.uint8)
+    return img
