@@ -176,17 +176,33 @@ class Qwen3VLMoeConverter(ArchConverter):
             arr = ck.load(p + "down_proj")
             return arr if layout == "transformers" else arr.transpose(0, 2, 1)
 
+        def one_half(half: int, e: int) -> np.ndarray:
+            rows = slice(half * I, (half + 1) * I)
+            if layout == "transformers":
+                return ck.load(p + "gate_up_proj", (e, rows, every))
+            return ck.load(p + "gate_up_proj", (e, every, rows)).T
+
+        def one_down(e: int) -> np.ndarray:
+            arr = ck.load(p + "down_proj", (e, every, every))
+            return arr if layout == "transformers" else arr.T
+
+        def one_separate(proj: str, e: int) -> np.ndarray:
+            return ck.load(f"{p}{e}.{proj}.weight")
+
         def stacked(proj: str) -> np.ndarray:
-            return np.stack([ck.load(f"{p}{e}.{proj}.weight") for e in range(E)])
+            return np.stack([one_separate(proj, e) for e in range(E)])
 
         if layout == "per_expert":
             gate, up, down = partial(stacked, "gate_proj"), partial(stacked, "up_proj"), partial(stacked, "down_proj")
+            one = {"gate": partial(one_separate, "gate_proj"), "up": partial(one_separate, "up_proj"),
+                   "down": partial(one_separate, "down_proj")}
         else:
             gate, up, down = partial(fused_half, 0), partial(fused_half, 1), fused_down
+            one = {"gate": partial(one_half, 0), "up": partial(one_half, 1), "down": one_down}
         return [
-            TensorSpec(_name(MODEL_TENSOR.FFN_GATE_EXP, il), (E, I, H), gate, Role.EXPERT, E),
-            TensorSpec(_name(MODEL_TENSOR.FFN_UP_EXP, il), (E, I, H), up, Role.EXPERT, E),
-            TensorSpec(_name(MODEL_TENSOR.FFN_DOWN_EXP, il), (E, H, I), down, Role.EXPERT, E),
+            TensorSpec(_name(MODEL_TENSOR.FFN_GATE_EXP, il), (E, I, H), gate, Role.EXPERT, E, one["gate"]),
+            TensorSpec(_name(MODEL_TENSOR.FFN_UP_EXP, il), (E, I, H), up, Role.EXPERT, E, one["up"]),
+            TensorSpec(_name(MODEL_TENSOR.FFN_DOWN_EXP, il), (E, H, I), down, Role.EXPERT, E, one["down"]),
         ]
 
     def text_tensors(self) -> list[TensorSpec]:

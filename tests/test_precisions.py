@@ -16,14 +16,14 @@ def precision_files(tiny_models, tmp_path_factory):
     from mode_edge.gguf.export import export_model
 
     out = tmp_path_factory.mktemp("precisions")
-    return {p: export_model(tiny_models["transformers"], out, p).text_path for p in ("f16", "bf16", "q8_0")}
+    return {p: export_model(tiny_models["transformers"], out, p).text_path for p in ("f32", "f16", "bf16", "q8_0")}
 
 
 def _types(path):
     return {t.name: t.tensor_type for t in GGUFReader(path).tensors}
 
 
-@pytest.mark.parametrize("precision,matrix_type", [("f16", T.F16), ("bf16", T.BF16), ("q8_0", T.Q8_0)])
+@pytest.mark.parametrize("precision,matrix_type", [("f32", T.F32), ("f16", T.F16), ("bf16", T.BF16), ("q8_0", T.Q8_0)])
 def test_storage_types(precision_files, precision, matrix_type):
     for name, ttype in _types(precision_files[precision]).items():
         if name.endswith("norm.weight") or ".ffn_gate_inp." in name:

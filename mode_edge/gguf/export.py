@@ -1,4 +1,4 @@
-"""HF checkpoint -> text GGUF + mmproj GGUF, all or nothing.
+"""HF checkpoint -> text GGUF + mmproj GGUF under a QuantPlan, all or nothing.
 
 Both files are written under temporary names in the output folder and renamed only when
 both are complete; on any failure (or Ctrl-C) the partial files are removed, and so is the
@@ -15,13 +15,17 @@ from typing import Callable, Iterator
 
 from gguf import GGML_QUANT_VERSION, GGUFWriter
 
+from mode_edge.allocate.plan import QuantPlan
 from mode_edge.checkpoint import Checkpoint
 from mode_edge.errors import UserError
-from mode_edge.gguf.precision import FILE_TYPES, PRECISIONS, uniform
+from mode_edge.gguf.groups import GROUPS_KEY, GROUPS_VERSION
+from mode_edge.gguf.pack import Packer
+from mode_edge.gguf.precision import PRECISIONS, file_type, precision_plan
 from mode_edge.gguf.writer import OutTensor, temp_path, write_gguf
+from mode_edge.quant_types import is_quantized
+from mode_edge.quantize.encode import default_threads
+from mode_edge.quantize.imatrix import Imatrix
 from mode_edge_converters import converter_for
-
-MMPROJ_PRECISION = "f16"
 
 
 @dataclass
@@ -33,8 +37,8 @@ class ExportResult:
     seconds: float
 
 
-def output_paths(out_dir: Path, name: str, precision: str) -> tuple[Path, Path]:
-    return out_dir / f"{name}-{precision}.gguf", out_dir / f"mmproj-{name}-{MMPROJ_PRECISION}.gguf"
+def output_paths(out_dir: Path, name: str, label: str, mmproj_label: str = "f16") -> tuple[Path, Path]:
+    return out_dir / f"{name}-{label}.gguf", out_dir / f"mmproj-{name}-{mmproj_label}.gguf"
 
 
 @contextlib.contextmanager
@@ -57,31 +61,44 @@ def atomic_outputs(out_dir: Path, finals: list[Path]) -> Iterator[list[Path]]:
         raise
 
 
-def _metadata(add: Callable[[GGUFWriter], None], precision: str) -> Callable[[GGUFWriter], None]:
+def _metadata(add: Callable[[GGUFWriter], None], tensors: list[OutTensor], grouped: bool) -> Callable[[GGUFWriter], None]:
     def f(w: GGUFWriter) -> None:
         add(w)
-        w.add_file_type(FILE_TYPES[precision])
-        if precision not in ("f32", "f16", "bf16"):
+        w.add_file_type(file_type(tensors))
+        if any(is_quantized(t.ggml_type) for t in tensors if t.ggml_type.name != "I32"):
             w.add_quantization_version(GGML_QUANT_VERSION)
+        if grouped:
+            w.add_uint32(GROUPS_KEY, GROUPS_VERSION)
     return f
 
 
-def export_model(model_dir: Path, out_dir: Path, precision: str = "f16",
+def export_model(model_dir: Path, out_dir: Path, precision: str | None = "f16", *,
+                 plan: QuantPlan | None = None, label: str | None = None, imatrix: Imatrix | None = None,
+                 n_threads: int | None = None,
                  on_progress: Callable[[OutTensor], None] | None = None,
                  on_plan: Callable[[int], None] | None = None) -> ExportResult:
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
+    """Write the text and mmproj GGUFs of `model_dir` with a plan (or a uniform precision)."""
+    if plan is None:
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
+        plan, label = precision_plan(precision), label or precision
     start = time.perf_counter()
     ckpt = Checkpoint(model_dir)
     conv = converter_for(ckpt)
-    text_tensors = uniform(conv.text_tensors(), precision)
-    mm_tensors = uniform(conv.mmproj_tensors(), MMPROJ_PRECISION)
-    if on_plan is not None:
-        on_plan(sum(t.nbytes for t in text_tensors + mm_tensors))
-    text_path, mm_path = output_paths(Path(out_dir), conv.model_name, precision)
-    with atomic_outputs(Path(out_dir), [text_path, mm_path]) as (text_tmp, mm_tmp):
-        text_bytes = write_gguf(text_tmp, conv.arch, _metadata(conv.add_text_metadata, precision),
-                                text_tensors, on_progress)
-        mm_bytes = write_gguf(mm_tmp, "clip", _metadata(conv.add_mmproj_metadata, MMPROJ_PRECISION),
-                              mm_tensors, on_progress)
+    packer = Packer(plan, imatrix, n_threads or default_threads())
+    try:
+        text_tensors = packer.tensors(conv.text_tensors())
+        grouped = packer.grouped
+        mm_tensors = packer.tensors(conv.mmproj_tensors(), mmproj=True)
+        if on_plan is not None:
+            on_plan(sum(t.nbytes for t in text_tensors + mm_tensors))
+        text_path, mm_path = output_paths(Path(out_dir), conv.model_name, label or plan.method,
+                                          plan.mmproj.name.lower())
+        with atomic_outputs(Path(out_dir), [text_path, mm_path]) as (text_tmp, mm_tmp):
+            text_bytes = write_gguf(text_tmp, conv.arch, _metadata(conv.add_text_metadata, text_tensors, grouped),
+                                    text_tensors, on_progress)
+            mm_bytes = write_gguf(mm_tmp, "clip", _metadata(conv.add_mmproj_metadata, mm_tensors, False),
+                                  mm_tensors, on_progress)
+    finally:
+        packer.close()
     return ExportResult(text_path, mm_path, text_bytes, mm_bytes, time.perf_counter() - start)

@@ -1,70 +1,39 @@
-"""Uniform storage precisions (`--precision`) and the numpy encoders behind them.
-
-Which tensors are never reduced follows llama.cpp's own conventions: 1-D tensors (norms,
-biases), the MoE router and learned position embeddings stay F32. K- and IQ-quants come
-from ggml's quantizer in mode_edge.quantize; the types here are the ones gguf-py encodes
-bit-exactly in numpy.
-"""
+"""Uniform storage precisions (`convert --precision`) as plans, and GGUF file-type labels."""
 
 from __future__ import annotations
 
-import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
-from gguf import quants
+from collections import Counter
 
-from mode_edge.gguf.tensors import Role, TensorSpec
+from gguf import GGMLQuantizationType, LlamaFileType
+
+from mode_edge.allocate.plan import QuantPlan
 from mode_edge.gguf.writer import OutTensor
 
 T = GGMLQuantizationType
 
-PRECISIONS: dict[str, GGMLQuantizationType] = {
-    "f32": T.F32,
-    "f16": T.F16,
-    "bf16": T.BF16,
-    "q8_0": T.Q8_0,
+PRECISIONS: dict[str, GGMLQuantizationType] = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0}
+
+# general.file_type for a file whose bytes are mostly of one type (llama.cpp only displays it)
+_FILE_TYPE = {
+    T.F32: LlamaFileType.ALL_F32, T.F16: LlamaFileType.MOSTLY_F16, T.BF16: LlamaFileType.MOSTLY_BF16,
+    T.Q8_0: LlamaFileType.MOSTLY_Q8_0, T.Q4_0: LlamaFileType.MOSTLY_Q4_0, T.Q4_1: LlamaFileType.MOSTLY_Q4_1,
+    T.Q5_0: LlamaFileType.MOSTLY_Q5_0, T.Q5_1: LlamaFileType.MOSTLY_Q5_1, T.Q2_K: LlamaFileType.MOSTLY_Q2_K,
+    T.Q3_K: LlamaFileType.MOSTLY_Q3_K_M, T.Q4_K: LlamaFileType.MOSTLY_Q4_K_M, T.Q5_K: LlamaFileType.MOSTLY_Q5_K_M,
+    T.Q6_K: LlamaFileType.MOSTLY_Q6_K, T.IQ2_XXS: LlamaFileType.MOSTLY_IQ2_XXS, T.IQ2_XS: LlamaFileType.MOSTLY_IQ2_XS,
+    T.IQ2_S: LlamaFileType.MOSTLY_IQ2_S, T.IQ3_XXS: LlamaFileType.MOSTLY_IQ3_XXS, T.IQ3_S: LlamaFileType.MOSTLY_IQ3_S,
+    T.IQ4_NL: LlamaFileType.MOSTLY_IQ4_NL, T.IQ4_XS: LlamaFileType.MOSTLY_IQ4_XS,
 }
 
-FILE_TYPES: dict[str, LlamaFileType] = {
-    "f32": LlamaFileType.ALL_F32,
-    "f16": LlamaFileType.MOSTLY_F16,
-    "bf16": LlamaFileType.MOSTLY_BF16,
-    "q8_0": LlamaFileType.MOSTLY_Q8_0,
-}
 
-_ALWAYS_F32 = {Role.NORM, Role.BIAS, Role.ROUTER, Role.POSITION}
+def precision_plan(precision: str) -> QuantPlan:
+    return QuantPlan(method=f"precision:{precision}", default=PRECISIONS[precision])
 
 
-def storage_type(spec: TensorSpec, precision: str) -> GGMLQuantizationType:
-    want = PRECISIONS[precision]
-    if len(spec.shape) == 1 or spec.role in _ALWAYS_F32:
-        return T.F32
-    block = GGML_QUANT_SIZES[want][0]
-    if spec.row_size % block:
-        return T.F16  # rows that do not fill a block cannot take a block type
-    return want
-
-
-def encode(data: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarray:
-    """float32 array -> the bytes (or float array) ggml stores for that type."""
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    if ggml_type == T.F32:
-        return data
-    if ggml_type == T.F16:
-        return data.astype(np.float16)
-    return quants.quantize(data, ggml_type)
-
-
-def out_tensor(spec: TensorSpec, ggml_type: GGMLQuantizationType) -> OutTensor:
-    def produce() -> np.ndarray:
-        arr = spec.load()
-        if tuple(arr.shape) != spec.shape:
-            raise RuntimeError(f"{spec.name}: loaded shape {arr.shape}, expected {spec.shape}")
-        return encode(arr, ggml_type)
-
-    return OutTensor(spec.name, spec.shape, ggml_type, produce)
-
-
-def uniform(specs: list[TensorSpec], precision: str) -> list[OutTensor]:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}")
-    return [out_tensor(s, storage_type(s, precision)) for s in specs]
+def file_type(tensors: list[OutTensor]) -> LlamaFileType:
+    by_bytes: Counter[GGMLQuantizationType] = Counter()
+    for t in tensors:
+        if t.ggml_type in _FILE_TYPE and len(t.shape) > 1:
+            by_bytes[t.ggml_type] += t.nbytes
+    if not by_bytes:
+        return LlamaFileType.ALL_F32
+    return _FILE_TYPE[by_bytes.most_common(1)[0][0]]

@@ -35,6 +35,8 @@ class TensorSpec:
     load: Callable[[], np.ndarray]
     role: Role
     n_expert: int = 0
+    #: for EXPERT tensors: read one expert's [n_out, n_in] alone (streams big tensors)
+    load_expert: Callable[[int], np.ndarray] | None = None
 
     @property
     def row_size(self) -> int:
