@@ -33,15 +33,7 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-@app.command(epilog="Example: mode-edge convert ./Qwen3-VL-30B-A3B-Instruct -o out/ --precision q8_0")
-def convert(
-    model_dir: Path = typer.Argument(..., help="Hugging Face model folder (config.json, *.safetensors, tokenizer)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Folder for the GGUF files (created if missing)."),
-    precision: str = typer.Option("f16", "--precision", "-p",
-                                  help="Storage type of all weights: f32, f16, bf16 or q8_0."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-) -> None:
-    """Convert a checkpoint into a text GGUF and a vision-projector (mmproj) GGUF."""
+def _export(model_dir: Path, output: Path, quiet: bool, **kwargs) -> None:
     from mode_edge.gguf.export import export_model
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
@@ -49,13 +41,96 @@ def convert(
                   transient=True) as progress:
         task = progress.add_task("converting", total=None)
         result = export_model(
-            model_dir, output, precision,
+            model_dir, output,
             on_plan=lambda total: progress.update(task, total=total),
             on_progress=lambda t: progress.update(task, advance=t.nbytes, description=t.name[:40]),
+            **kwargs,
         )
     out.print(f"wrote {result.text_path} ({_human(result.text_bytes)})")
     out.print(f"wrote {result.mmproj_path} ({_human(result.mmproj_bytes)})")
     out.print(f"in {result.seconds:.1f} s")
+
+
+def _load_imatrix(path: Optional[Path]):
+    if path is None:
+        return None
+    from mode_edge.quantize.imatrix import Imatrix
+
+    return Imatrix.load(path)
+
+
+CONVERT_EPILOG = """Examples:
+
+  mode-edge convert ./Qwen3-VL-30B-A3B-Instruct -o out/ --precision q8_0
+
+  mode-edge convert ./Qwen3-VL-30B-A3B-Instruct -o out/ --type Q4_K        (every weight Q4_K, like llama-quantize --pure)
+
+  mode-edge convert ./Qwen3-VL-30B-A3B-Instruct -o out/ --type Q4_K_M --imatrix imatrix.gguf   (llama-quantize's mix)
+"""
+
+
+@app.command(epilog=CONVERT_EPILOG)
+def convert(
+    model_dir: Path = typer.Argument(..., help="Hugging Face model folder (config.json, *.safetensors, tokenizer)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the GGUF files (created if missing)."),
+    precision: Optional[str] = typer.Option(None, "--precision", "-p",
+                                            help="Store every weight as f32, f16, bf16 or q8_0 (default f16)."),
+    qtype: Optional[str] = typer.Option(None, "--type", "-t",
+                                        help="A llama.cpp type for every quantizable weight (Q4_K, Q3_K, IQ2_XS …) "
+                                             "or a llama-quantize preset (Q4_K_M, Q3_K_S, IQ3_M …)."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix (GGUF, llama-imatrix format)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Quantizer threads (default: all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Convert a checkpoint into a text GGUF and a vision-projector (mmproj) GGUF."""
+    if precision is not None and qtype is not None:
+        raise UserError("--precision and --type both given", "use one: --precision for float/q8_0, --type for quants")
+    if qtype is None:
+        _export(model_dir, output, quiet, precision=precision or "f16", imatrix=_load_imatrix(imatrix),
+                n_threads=threads)
+        return
+    plan, label = _type_plan(model_dir, qtype, threads)
+    _export(model_dir, output, quiet, precision=None, plan=plan, label=label, imatrix=_load_imatrix(imatrix),
+            n_threads=threads)
+
+
+def _type_plan(model_dir: Path, qtype: str, threads: Optional[int]):
+    from mode_edge.allocate.plan import QuantPlan
+    from mode_edge.quant_types import parse_type
+    from mode_edge.quantize.presets import is_preset, preset_plan
+
+    if is_preset(qtype):
+        from mode_edge.checkpoint import Checkpoint
+        from mode_edge.quantize.encode import default_threads
+        from mode_edge_converters import converter_for
+
+        conv = converter_for(Checkpoint(model_dir))
+        plan = preset_plan(qtype, conv.arch, conv.add_text_metadata, conv.text_tensors(),
+                           threads or default_threads())
+        return plan, qtype.lower()
+    t = parse_type(qtype)
+    return QuantPlan(method=f"uniform:{t.name}", default=t), t.name.lower()
+
+
+@app.command(epilog="Example: mode-edge pack ./Qwen3-VL-30B-A3B-Instruct --plan plan.json --imatrix stats/imatrix.gguf -o out/")
+def pack(
+    model_dir: Path = typer.Argument(..., help="Hugging Face model folder."),
+    plan_path: Path = typer.Option(..., "--plan", help="QuantPlan JSON (from `mode-edge plan`)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the GGUF files (created if missing)."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix (GGUF, llama-imatrix format)."),
+    label: Optional[str] = typer.Option(None, "--label", help="File name suffix (default: the plan's method)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Quantizer threads (default: all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write the GGUF files of a model with the types a QuantPlan gives each tensor and expert."""
+    import re
+
+    from mode_edge.allocate.plan import QuantPlan
+
+    plan = QuantPlan.load(plan_path)
+    label = label or re.sub(r"[^A-Za-z0-9_.-]+", "-", plan.method).strip("-").lower() or "packed"
+    _export(model_dir, output, quiet, precision=None, plan=plan, label=label, imatrix=_load_imatrix(imatrix),
+            n_threads=threads)
 
 
 @app.command(epilog="Example: mode-edge inspect out/model-f16.gguf --json")
@@ -82,6 +157,13 @@ def inspect(
     for name, v in info["types"].items():
         table.add_row(name, str(v["tensors"]), _human(v["bytes"]), f"{100 * v['bytes'] / total:.1f}%")
     out.print(table)
+    if info["experts"]:
+        mixed = any(len(c) > 1 for c in info["experts"].values())
+        title = "experts per type (expert groups)" if mixed else "experts per type"
+        exp = Table("tensor", "experts by type", title=title)
+        for name, counts in info["experts"].items():
+            exp.add_row(name, "  ".join(f"{t}×{n}" for t, n in sorted(counts.items())))
+        out.print(exp)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from gguf import GGUFReader, GGUFValueType
 
 from mode_edge.errors import UserError
+from mode_edge.gguf.groups import GROUPS_KEY, expert_types
 
 
 def _field_value(reader: GGUFReader, key: str) -> Any:
@@ -41,6 +42,7 @@ def summarize(path: Path) -> dict[str, Any]:
         n_params += int(t.n_elements)
     keys = ["general.name", "general.file_type", f"{arch}.block_count", f"{arch}.expert_count",
             f"{arch}.expert_used_count", "clip.projector_type", "tokenizer.ggml.pre"]
+    experts = {name: dict(Counter(t.name for t in types)) for name, types in expert_types(reader).items()}
     return {
         "path": str(path),
         "architecture": arch,
@@ -49,4 +51,6 @@ def summarize(path: Path) -> dict[str, Any]:
         "parameters": n_params,
         "types": {k: {"tensors": counts[k], "bytes": sizes[k]} for k in sorted(counts, key=lambda k: -sizes[k])},
         "metadata": {k: _field_value(reader, k) for k in keys if reader.get_field(k) is not None},
+        "expert_groups": _field_value(reader, GROUPS_KEY),
+        "experts": experts,
     }

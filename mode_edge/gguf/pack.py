@@ -18,7 +18,9 @@ from mode_edge.gguf.groups import group_tensor_names, split_groups
 from mode_edge.gguf.tensors import Role, TensorSpec
 from mode_edge.gguf.writer import OutTensor
 from mode_edge.quant_types import fallback
+from mode_edge.errors import UserError
 from mode_edge.quantize.encode import encode_experts, encode_rows_parallel
+from mode_edge.quantize.ggml_lib import requires_imatrix
 from mode_edge.quantize.imatrix import Imatrix
 
 T = GGMLQuantizationType
@@ -66,10 +68,18 @@ class Packer:
             return spec.load_expert
         return lambda e: spec.load()[e]
 
+    def _check_imatrix(self, spec: TensorSpec, types: list[T]) -> None:
+        needy = sorted({t.name for t in types if requires_imatrix(t)})
+        if needy and self._importance(spec) is None:
+            raise UserError(f"{spec.name} is planned as {needy[0]}, which needs an importance matrix, and none covers it",
+                            "pass --imatrix with an entry for it, or choose a type >= Q2_K for it")
+
     def tensors(self, specs: list[TensorSpec], *, mmproj: bool = False) -> list[OutTensor]:
+        """Resolve every tensor's type(s) up front (errors before any file is opened)."""
         out: list[OutTensor] = []
         for spec in specs:
             types = resolve_types(spec, self.plan, mmproj=mmproj)
+            self._check_imatrix(spec, types if isinstance(types, list) else [types])
             if isinstance(types, list):
                 self.grouped = True
                 for k, (t, ids) in enumerate(split_groups(types)):
