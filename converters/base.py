@@ -41,3 +41,7 @@ class ArchConverter(ABC):
 
     @abstractmethod
     def mmproj_tensors(self) -> list[TensorSpec]: ...
+
+    def calibration(self, **kwargs):
+        """The object that runs this architecture layer by layer for calibration."""
+        raise NotImplementedError(f"calibration is not implemented for {self.arch}")

@@ -225,6 +225,9 @@ class Qwen3VLMoeConverter(ArchConverter):
 
         return sorted(specs, key=key)
 
+    def calibration(self, **kwargs) -> "Qwen3VLMoeCalibration":
+        return Qwen3VLMoeCalibration(self, **kwargs)
+
     # -- vision projector -----------------------------------------------------------------
 
     def _preprocessor(self) -> dict:
@@ -306,3 +309,160 @@ class Qwen3VLMoeConverter(ArchConverter):
                 add(gguf_name, name, role)
         return sorted(specs, key=lambda s: (not s.name.startswith("v.patch") and not s.name.startswith("v.position"),
                                             s.name.startswith("mm."), s.name))
+
+
+# -- calibration: where the HF module tree keeps what MODE measures ------------------------
+
+
+class Qwen3VLMoeCalibration:
+    """Runs Qwen3-VL-MoE layer by layer from safetensors, through transformers' own modules.
+
+    embed() runs the token embedding and the whole vision tower once per sample (they are
+    small); load_layer(il) builds one decoder layer on the meta device and fills it from the
+    checkpoint, so only one layer's weights are ever resident.
+    """
+
+    def __init__(self, conv: Qwen3VLMoeConverter, attn_implementation: str = "sdpa"):
+        import torch
+        from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLMoeConfig
+        from transformers.models.qwen3_vl_moe import modeling_qwen3_vl_moe as m
+
+        self.conv, self.ckpt, self.m = conv, conv.ckpt, m
+        self.config = Qwen3VLMoeConfig.from_pretrained(self.ckpt.dir)
+        self.config._attn_implementation = attn_implementation
+        self.config.text_config._attn_implementation = attn_implementation
+        self.config.vision_config._attn_implementation = attn_implementation
+        tc = self.config.text_config
+        self.n_layers, self.n_experts, self.top_k = tc.num_hidden_layers, tc.num_experts, tc.num_experts_per_tok
+        self.hidden, self.expert_ff = tc.hidden_size, tc.moe_intermediate_size
+        self.image_token_id = self.config.image_token_id
+        self.tokenizer = AutoTokenizer.from_pretrained(self.ckpt.dir)
+        self.image_processor = AutoImageProcessor.from_pretrained(self.ckpt.dir)
+        self.merge = self.config.vision_config.spatial_merge_size
+        with torch.device("meta"):
+            self._meta = m.Qwen3VLMoeModel(self.config)  # for get_rope_index (config only)
+        self.rotary = m.Qwen3VLMoeTextRotaryEmbedding(tc)
+        self._embed = None
+        self._visual = None
+
+    # rendering
+    def render(self, sample, image) -> "object":
+        from mode_edge.calibrate.data import Rendered
+
+        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": sample.prompt}]
+        messages = ([{"role": "system", "content": sample.system}] if sample.system else []) + \
+            [{"role": "user", "content": content}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        pixel_values = grid = None
+        if image is not None:
+            out = self.image_processor(images=[image], return_tensors="np")
+            pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
+            n = int(np.prod(grid[0])) // self.merge ** 2
+            text = text.replace("<|image_pad|>", "<|image_pad|>" * n, 1)
+        ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        return Rendered(ids, pixel_values, grid)
+
+    def special_ids(self) -> set[int]:
+        return {int(i) for i in self.tokenizer.all_special_ids} | {
+            int(v) for k, v in self.tokenizer.get_added_vocab().items()
+            if k.startswith("<|") and k.endswith("|>")}
+
+    # weights
+    def _state(self, prefix: str) -> dict:
+        import torch
+
+        return {n[len(prefix):]: torch.from_numpy(self.ckpt.load(n)) for n in self.ckpt.names() if n.startswith(prefix)}
+
+    def _ensure_embed(self) -> None:
+        import torch
+
+        if self._embed is not None:
+            return
+        w = torch.from_numpy(self.ckpt.load(TEXT_PREFIX + "embed_tokens.weight"))
+        self._embed = torch.nn.Embedding.from_pretrained(w, freeze=True)
+        visual = self.m.Qwen3VLMoeVisionModel._from_config(self.config.vision_config)
+        visual.load_state_dict(self._state(VISION_PREFIX), strict=True)
+        self._visual = visual.eval()
+
+    def embed(self, r) -> dict:
+        """Initial hidden state and what every layer needs for one rendered sample."""
+        import torch
+        from transformers.masking_utils import create_causal_mask
+
+        self._ensure_embed()
+        ids = torch.from_numpy(r.input_ids)[None]
+        with torch.no_grad():
+            h = self._embed(ids)
+            image_mask = ids == self.image_token_id
+            deepstack = []
+            if r.pixel_values is not None:
+                grid = torch.from_numpy(r.image_grid_thw)
+                out = self._visual(torch.from_numpy(r.pixel_values), grid_thw=grid, return_dict=True)
+                h = h.masked_scatter(image_mask[..., None].expand_as(h), out.pooler_output.to(h.dtype))
+                deepstack = list(out.deepstack_features)
+                pos, _ = self._meta.get_rope_index(ids, mm_token_type_ids=image_mask.int(), image_grid_thw=grid)
+                text_pos = None
+            else:
+                pos = torch.arange(ids.shape[1]).view(1, 1, -1).expand(4, 1, -1)
+                text_pos, pos = pos[0], pos[1:]
+            cos_sin = self.rotary(h, pos)
+            mask = create_causal_mask(config=self.config.text_config, inputs_embeds=h, attention_mask=None,
+                                      past_key_values=None, position_ids=text_pos)
+        return {"hidden": h[0], "position_embeddings": cos_sin, "attention_mask": mask,
+                "image_mask": image_mask[0], "deepstack": deepstack}
+
+    def load_layer(self, il: int):
+        import torch
+
+        with torch.device("meta"):
+            layer = self.m.Qwen3VLMoeTextDecoderLayer(self.config.text_config, il)
+        layer = layer.to_empty(device="cpu")
+        state = {}
+        prefix = f"{TEXT_PREFIX}layers.{il}."
+        for spec_name in self.ckpt.names():
+            if spec_name.startswith(prefix) and ".mlp.experts." not in spec_name:
+                state[spec_name[len(prefix):]] = torch.from_numpy(self.ckpt.load(spec_name))
+        specs = {s.name.split(".")[2]: s for s in self.conv._expert_specs(il)}
+        gate, up, down = (torch.from_numpy(specs[k].load()) for k in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"))
+        state["mlp.experts.gate_up_proj"] = torch.cat([gate, up], dim=1)  # transformers: [E, 2I, H]
+        state["mlp.experts.down_proj"] = down
+        layer.load_state_dict(state, strict=True)
+        return layer.eval()
+
+    def run_layer(self, layer, il: int, s: dict):
+        """One sample through one layer, plus the deepstack injection that follows it."""
+        import torch
+
+        with torch.no_grad():
+            h = layer(s["hidden"][None], attention_mask=s["attention_mask"],
+                      position_embeddings=s["position_embeddings"])
+            if il < len(s["deepstack"]):
+                h = h.clone()
+                h[0, s["image_mask"]] += s["deepstack"][il].to(h.dtype)
+        return h[0]
+
+    # the parts calibration records
+    @staticmethod
+    def parts(layer):
+        """(attention, moe block, router, experts) modules of a decoder layer."""
+        return layer.self_attn, layer.mlp, layer.mlp.gate, layer.mlp.experts
+
+    def attention_qk(self, attn, x, position_embeddings):
+        """Post-norm, post-RoPE queries [heads, T, d] and keys [heads, T, d] (GQA repeated)."""
+        m = self.m
+        shape = (*x.shape[:-1], -1, attn.head_dim)
+        q = attn.q_norm(attn.q_proj(x).view(shape)).transpose(1, 2)
+        k = attn.k_norm(attn.k_proj(x).view(shape)).transpose(1, 2)
+        cos, sin = position_embeddings
+        q, k = m.apply_rotary_pos_emb(q, k, cos, sin)
+        k = m.repeat_kv(k, attn.num_key_value_groups)
+        return q[0], k[0], attn.scaling
+
+    @staticmethod
+    def expert_weights(experts, e: int):
+        """Expert e's (gate [I, H], up [I, H], down [H, I]) and activation."""
+        gate, up = experts.gate_up_proj[e].chunk(2, dim=0)
+        return gate, up, experts.down_proj[e], experts.act_fn
+
+    def gguf_expert_names(self, il: int) -> tuple[str, str, str]:
+        return tuple(_name(t, il) for t in (MODEL_TENSOR.FFN_GATE_EXP, MODEL_TENSOR.FFN_UP_EXP, MODEL_TENSOR.FFN_DOWN_EXP))

@@ -1,0 +1,223 @@
+"""The layer-streaming calibration run.
+
+Embed every sample once (token embedding + vision tower), then for each decoder layer: load
+only that layer's weights, run every sample's hidden state through it while hooks record the
+router's real top-k, the MoE input and the attention queries/keys, free the layer, go on.
+After each layer its statistics and the hidden states leaving it are written to
+STATS_DIR/.partial, so an interrupted run resumes from the last finished layer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mode_edge.calibrate.data import data_hash, load_image, read_samples
+from mode_edge.checkpoint import Checkpoint
+from mode_edge.errors import UserError
+from mode_edge.quant_types import LADDER
+from mode_edge.quantize.encode import default_threads
+from mode_edge.quantize.imatrix import Imatrix, ImatrixEntry
+from mode_edge.signals.keytokens import key_scores, query_positions, select_key_tokens
+from mode_edge.signals.recorder import KEY, MODALITIES, RED, TEXT, LayerRecorder
+from mode_edge.signals.stats import IMATRIX_FILE, ExpertStats, save_arrays_atomic, write_json_atomic
+from mode_edge_converters import converter_for
+
+PARTIAL = ".partial"
+
+
+@dataclass
+class CalibrationOptions:
+    samples: int = 128
+    seed: int = 0
+    max_length: int = 4096
+    rho: float = 0.2
+    cap: int = 512
+    probes: int = 16
+    types: list[str] = field(default_factory=lambda: [t.name for t in LADDER])
+    skip_bad: bool = False
+
+    def key(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "skip_bad"}
+
+
+@dataclass
+class Progress:
+    """Callbacks for a UI; all optional."""
+
+    on_start: Callable[[int, int], None] | None = None           # n_layers, n_samples
+    on_sample: Callable[[int, int], None] | None = None           # layer, tokens in that sample
+    on_layer_done: Callable[[int], None] | None = None
+    on_warning: Callable[[str], None] | None = None
+
+
+def _render_all(cal, opts: CalibrationOptions, data_dir: Path, warn) -> tuple[list, list]:
+    samples = read_samples(data_dir, opts.samples, opts.seed)
+    rendered, kept = [], []
+    for s in samples:
+        image = None
+        if s.image is not None:
+            try:
+                image = load_image(s.image)
+            except UserError as e:
+                if not opts.skip_bad:
+                    raise
+                warn(f"skipped: {e.message}")
+                continue
+        r = cal.render(s, image)
+        if len(r.input_ids) > opts.max_length:
+            warn(f"skipped a sample of {len(r.input_ids)} tokens (> --max-length {opts.max_length})")
+            continue
+        rendered.append(r)
+        kept.append(s)
+    if not rendered:
+        raise UserError("no calibration sample is usable", "check the images and --max-length")
+    return rendered, kept
+
+
+def _modalities(cal, r, layer_attn_inputs, attn, special: set[int], newline_ids: set[int], im_start,
+                rho: float) -> torch.Tensor:
+    ids = torch.from_numpy(r.input_ids)
+    image_mask = ids == cal.image_token_id
+    mod = torch.full(ids.shape, TEXT, dtype=torch.long)
+    if not bool(image_mask.any()):
+        return mod
+    mod[image_mask] = RED
+    img_pos = torch.nonzero(image_mask).flatten()
+    queries = query_positions(ids, image_mask, special, newline_ids, im_start)
+    if queries.numel() == 0:  # nothing reads the image: no evidence to denoise with
+        mod[img_pos] = KEY
+        return mod
+    x, pe = layer_attn_inputs
+    with torch.no_grad():
+        q, k, scaling = cal.attention_qk(attn, x, pe)
+        scores = key_scores(q, k, scaling, queries, image_mask)
+    mod[img_pos[select_key_tokens(scores, rho)]] = KEY
+    return mod
+
+
+def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationOptions | None = None,
+              progress: Progress | None = None, stop_after_layer: int | None = None,
+              attn_implementation: str = "sdpa") -> Path:
+    """Run calibration; returns out_dir. stop_after_layer simulates an interruption (tests)."""
+    opts = opts or CalibrationOptions()
+    progress = progress or Progress()
+    warn = progress.on_warning or (lambda msg: None)
+    torch.manual_seed(opts.seed)
+    from mode_edge.quant_types import parse_type
+
+    types = [parse_type(t) for t in opts.types]
+    ckpt = Checkpoint(model_dir)
+    conv = converter_for(ckpt)
+    cal = conv.calibration(attn_implementation=attn_implementation)
+    rendered, kept = _render_all(cal, opts, data_dir, warn)
+    out_dir = Path(out_dir)
+    partial = out_dir / PARTIAL
+    identity = {"model": str(Path(model_dir).resolve()), "data": data_hash(kept), "options": opts.key(),
+                "n_samples": len(rendered)}
+    state_path = partial / "state.json"
+    start = 0
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("identity") == identity and (partial / "hidden.pt").is_file():
+            start = state["next_layer"]
+        else:
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+
+    states = [cal.embed(r) for r in rendered]
+    if start > 0:
+        for s, h in zip(states, torch.load(partial / "hidden.pt")):
+            s["hidden"] = h
+    special = cal.special_ids()
+    tok = cal.tokenizer
+    newline_ids = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
+    im_start = tok.convert_tokens_to_ids("<|im_start|>") if "<|im_start|>" in tok.get_vocab() else None
+    if progress.on_start:
+        progress.on_start(cal.n_layers, len(rendered))
+
+    t0 = time.perf_counter()
+    for il in range(start, cal.n_layers):
+        layer = cal.load_layer(il)
+        attn, moe, router, experts = cal.parts(layer)
+        seen: dict = {}
+        hooks = [
+            attn.register_forward_pre_hook(
+                lambda m, a, kw: seen.__setitem__("attn", (kw["hidden_states"], kw["position_embeddings"])),
+                with_kwargs=True),
+            moe.register_forward_pre_hook(lambda m, a: seen.__setitem__("moe_in", a[0])),
+            router.register_forward_hook(lambda m, a, o: seen.__setitem__("router", o)),
+        ]
+        rec = LayerRecorder(cal.n_experts, cal.hidden, cal.expert_ff, opts.cap, seed=opts.seed * 100003 + il)
+
+        def experts_fn(e, experts=experts):
+            return cal.expert_weights(experts, e)
+
+        for r, s in zip(rendered, states):
+            s_next = cal.run_layer(layer, il, s)
+            _, weights, indices = seen["router"]
+            mod = _modalities(cal, r, seen["attn"], attn, special, newline_ids, im_start, opts.rho)
+            x = seen["moe_in"].reshape(-1, cal.hidden)
+            rec.add(x, indices, weights, mod, experts_fn)
+            s["hidden"] = s_next
+            if progress.on_sample:
+                progress.on_sample(il, len(r.input_ids))
+        for h in hooks:
+            h.remove()
+        arrays = rec.finish(experts_fn, types, opts.probes, default_threads())
+        save_arrays_atomic(partial / f"layer-{il:03d}.safetensors", arrays)
+        tmp = partial / "hidden.pt.tmp"
+        torch.save([s["hidden"] for s in states], tmp)
+        tmp.replace(partial / "hidden.pt")
+        write_json_atomic(state_path, {"identity": identity, "next_layer": il + 1})
+        del layer, attn, moe, router, experts
+        if progress.on_layer_done:
+            progress.on_layer_done(il)
+        if stop_after_layer is not None and il >= stop_after_layer:
+            return out_dir
+
+    _finish(out_dir, partial, cal, conv, identity, rendered, types, time.perf_counter() - t0)
+    return out_dir
+
+
+def _finish(out_dir: Path, partial: Path, cal, conv, identity: dict, rendered, types, seconds: float) -> None:
+    from safetensors.numpy import load_file
+
+    layers = {il: load_file(str(partial / f"layer-{il:03d}.safetensors")) for il in range(cal.n_layers)}
+    n_img = sum(int((r.input_ids == cal.image_token_id).sum()) for r in rendered)
+    n_tok = sum(len(r.input_ids) for r in rendered)
+    manifest = {
+        "model_type": conv.ckpt.config.get("model_type"), "arch": conv.arch, "model_name": conv.model_name,
+        **identity, "n_layers": cal.n_layers, "n_experts": cal.n_experts, "top_k": cal.top_k,
+        "hidden": cal.hidden, "expert_ff": cal.expert_ff, "modalities": list(MODALITIES),
+        "types": [t.name for t in types], "sensitivity_axes": ["all", "gate", "up", "down"],
+        "sensitivity_modalities": ["text", "vision_key"],
+        "tokens": {"total": n_tok, "image": n_img, "text": n_tok - n_img},
+        "gguf_names": {str(il): list(cal.gguf_expert_names(il)) for il in range(cal.n_layers)},
+    }
+    stats = ExpertStats(manifest, layers)
+    stats.save(out_dir)
+    _imatrix(stats).save(out_dir / IMATRIX_FILE)
+    write_json_atomic(out_dir / "run.json", {"seconds": round(seconds, 2), "tokens": n_tok})
+    shutil.rmtree(partial)
+
+
+def _imatrix(stats: ExpertStats) -> Imatrix:
+    """Plain (all-modality) importance for every expert tensor, in llama.cpp's format."""
+    entries = {}
+    for il, d in stats.layers.items():
+        gate, up, down = stats.manifest["gguf_names"][str(il)]
+        counts = d["counts"].sum(0).astype(np.float32)
+        in_sum = d["in_sq"][:, 0].sum(0).astype(np.float32)
+        mid_sum = d["mid_sq"][:, 0].sum(0).astype(np.float32)
+        entries[gate] = ImatrixEntry(in_sum, counts)
+        entries[up] = ImatrixEntry(in_sum.copy(), counts)
+        entries[down] = ImatrixEntry(mid_sum, counts)
+    return Imatrix(entries, [stats.manifest["data"]], stats.manifest["n_samples"], 0)

@@ -1,0 +1,125 @@
+"""Accumulates one MoE layer's statistics over all calibration samples.
+
+Modalities of routed tokens: text (every non-image token), vision_key (image tokens the
+attention filter keeps), vision_red (the other, redundant image tokens); "vision" is key +
+redundant. Counts are top-k selections (unweighted) and summed routing weights; importance
+sums are per input channel sum of x^2 of the tokens routed to each expert (for gate/up) and
+of the expert's intermediate activation (the input of down), plain and weighted by the
+routing weight (VEQ's affinity).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from mode_edge.signals.sensitivity import expert_forward, expert_sensitivity, hessian_trace
+
+MODALITIES = ("text", "vision_key", "vision_red")
+TEXT, KEY, RED = 0, 1, 2
+# token caches for sensitivity (per modality) and for the Hessian (all routed tokens)
+CACHES = ("text", "vision_key", "all")
+
+
+class BottomK:
+    """Uniform sample of at most `cap` rows from a stream: keep the rows with the smallest
+    random keys. Deterministic for a seeded generator."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.keys = torch.empty(0)
+        self.rows: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
+        if rows.shape[0] == 0:
+            return
+        allk = torch.cat([self.keys, keys])
+        allr = rows if self.rows is None else torch.cat([self.rows, rows])
+        if allk.numel() > self.cap:
+            keep = torch.topk(allk, self.cap, largest=False).indices.sort().values
+            allk, allr = allk[keep], allr[keep]
+        self.keys, self.rows = allk, allr
+
+
+class LayerRecorder:
+    def __init__(self, n_experts: int, hidden: int, expert_ff: int, cap: int, seed: int):
+        E = n_experts
+        self.E = E
+        self.seed = seed
+        self.counts = np.zeros((3, E), dtype=np.int64)
+        self.weight_sums = np.zeros((3, E), dtype=np.float64)
+        self.in_sq = np.zeros((3, 2, E, hidden), dtype=np.float64)     # [modality, plain/weighted, E, H]
+        self.mid_sq = np.zeros((3, 2, E, expert_ff), dtype=np.float64)
+        self.caches = {(c, e): BottomK(cap) for c in CACHES for e in range(E)}
+        self.gen = torch.Generator().manual_seed(seed)
+        self.n_key_tokens = 0
+        self.n_image_tokens = 0
+
+    def add(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, modality: torch.Tensor, experts_fn) -> None:
+        """x [T, H] MoE input, idx/w [T, k] router choices, modality [T] in {0,1,2}."""
+        x = x.detach().float()
+        w = w.detach().float()
+        self.n_key_tokens += int((modality == KEY).sum())
+        self.n_image_tokens += int((modality != TEXT).sum())
+        keys = torch.rand(x.shape[0], generator=self.gen)
+        for e in torch.unique(idx).tolist():
+            tok, slot = torch.nonzero(idx == e, as_tuple=True)
+            xe, we, me = x[tok], w[tok, slot], modality[tok]
+            wg, wu, wd, act = experts_fn(e)
+            with torch.no_grad():
+                mid = (act(xe @ wg.T) * (xe @ wu.T)).float()
+            for mi in range(3):
+                sel = me == mi
+                if not bool(sel.any()):
+                    continue
+                self.counts[mi, e] += int(sel.sum())
+                self.weight_sums[mi, e] += float(we[sel].sum())
+                for arr, v in ((self.in_sq, xe[sel]), (self.mid_sq, mid[sel])):
+                    sq = (v.double() ** 2)
+                    arr[mi, 0, e] += sq.sum(0).numpy()
+                    arr[mi, 1, e] += (sq * we[sel, None].double()).sum(0).numpy()
+            self.caches[("text", e)].add(xe[me == TEXT], keys[tok][me == TEXT])
+            self.caches[("vision_key", e)].add(xe[me == KEY], keys[tok][me == KEY])
+            self.caches[("all", e)].add(xe, keys[tok])
+
+    def importance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Plain mean x^2 over all modalities per expert: [E, H] and [E, I] (1.0 if unseen),
+        the importance pack uses by default, so sensitivity quantizes the same way."""
+        n = self.counts.sum(0).astype(np.float64)
+        out = []
+        for arr in (self.in_sq, self.mid_sq):
+            s = arr[:, 0].sum(0)
+            imp = np.ones_like(s, dtype=np.float32)
+            seen = n > 0
+            imp[seen] = (s[seen] / n[seen, None]).astype(np.float32)
+            out.append(imp)
+        return out[0], out[1]
+
+    def finish(self, experts_fn, types, probes: int, n_threads: int = 1) -> dict[str, np.ndarray]:
+        imp_in, imp_mid = self.importance()
+        sens = np.zeros((self.E, 4, len(types), 2), dtype=np.float64)
+        hess = np.zeros((self.E, 3), dtype=np.float64)
+
+        def one(e: int) -> None:
+            wg, wu, wd, act = experts_fn(e)
+            with torch.no_grad():
+                inputs = [self.caches[(c, e)].rows for c in ("text", "vision_key")]
+                sens[e] = expert_sensitivity(wg, wu, wd, act, inputs, types, imp_in[e], imp_mid[e])
+            # a generator per expert: the same probes whatever order the threads run in
+            gen = torch.Generator().manual_seed(self.seed * 1009 + e)
+            hess[e] = hessian_trace(wg, wu, wd, act, self.caches[("all", e)].rows, probes, gen)
+
+        # ggml's quantizer drops the GIL, so experts overlap
+        with ThreadPoolExecutor(max(1, n_threads)) as pool:
+            list(pool.map(one, range(self.E)))
+        return {
+            "counts": self.counts, "weight_sums": self.weight_sums,
+            "in_sq": self.in_sq.astype(np.float32), "mid_sq": self.mid_sq.astype(np.float32),
+            "sensitivity": sens, "hessian_trace": hess,
+            "key_tokens": np.array([self.n_key_tokens, self.n_image_tokens], dtype=np.int64),
+        }
+
+
+__all__ = ["LayerRecorder", "MODALITIES", "expert_forward"]

@@ -1,0 +1,82 @@
+"""ExpertStats: what calibration measured, the file every allocation method reads.
+
+    STATS_DIR/manifest.json           schema, version, model, data hash, options, shapes, names
+    STATS_DIR/expert_stats.safetensors
+        layer.{l}.counts        int64   [3, E]            top-k selections by modality
+        layer.{l}.weight_sums   float64 [3, E]            summed routing weights by modality
+        layer.{l}.in_sq         float32 [3, 2, E, H]      sum x^2 of gate/up inputs (plain, weighted)
+        layer.{l}.mid_sq        float32 [3, 2, E, I]      sum x^2 of down inputs (plain, weighted)
+        layer.{l}.sensitivity   float64 [E, 4, n_types, 2] MSE (all/gate/up/down quantized) x (text, vision_key)
+        layer.{l}.hessian_trace float64 [E, 3]            Hutchinson tr(H) of gate, up, down
+        layer.{l}.key_tokens    int64   [2]               key image tokens, all image tokens
+    STATS_DIR/imatrix.gguf            plain importance matrix (llama.cpp format) for pack
+
+Modalities are ("text", "vision_key", "vision_red"); vision = key + redundant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mode_edge.errors import UserError
+
+SCHEMA = "mode-edge/expert-stats"
+VERSION = 1
+ARRAYS_FILE = "expert_stats.safetensors"
+MANIFEST_FILE = "manifest.json"
+IMATRIX_FILE = "imatrix.gguf"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def save_arrays_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    save_file({k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())}, str(tmp))
+    tmp.replace(path)
+
+
+@dataclass
+class ExpertStats:
+    manifest: dict[str, Any]
+    layers: dict[int, dict[str, np.ndarray]]
+
+    @property
+    def types(self) -> list[str]:
+        return self.manifest["types"]
+
+    def save(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        arrays = {f"layer.{l}.{k}": v for l, d in self.layers.items() for k, v in d.items()}
+        save_arrays_atomic(out_dir / ARRAYS_FILE, arrays)
+        write_json_atomic(out_dir / MANIFEST_FILE, {"schema": SCHEMA, "version": VERSION, **self.manifest})
+
+    @classmethod
+    def load(cls, stats_dir: Path) -> "ExpertStats":
+        from safetensors.numpy import load_file
+
+        stats_dir = Path(stats_dir)
+        mpath = stats_dir / MANIFEST_FILE
+        if not mpath.is_file() or not (stats_dir / ARRAYS_FILE).is_file():
+            raise UserError(f"{stats_dir} holds no finished expert statistics",
+                            "run `mode-edge calibrate` (an interrupted run resumes when rerun)")
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("schema") != SCHEMA or manifest.get("version") != VERSION:
+            raise UserError(f"{mpath} is not expert-stats version {VERSION}", "re-run `mode-edge calibrate`")
+        layers: dict[int, dict[str, np.ndarray]] = {}
+        for key, arr in load_file(str(stats_dir / ARRAYS_FILE)).items():
+            _, l, name = key.split(".", 2)
+            layers.setdefault(int(l), {})[name] = arr
+        manifest = {k: v for k, v in manifest.items() if k not in ("schema", "version")}
+        return cls(manifest, dict(sorted(layers.items())))
