@@ -133,6 +133,72 @@ def pack(
             n_threads=threads)
 
 
+CALIBRATE_EPILOG = """Example:
+
+  mode-edge calibrate ./Qwen3-VL-30B-A3B-Instruct --data calib/ -o stats/ --samples 128
+
+DATA is a folder with prompts.jsonl (one {"image": "images/x.png", "prompt": "..."} per line;
+"image" may be left out for text-only lines) and the images it names. Rerunning after an
+interruption resumes from the last finished layer.
+"""
+
+
+@app.command(epilog=CALIBRATE_EPILOG)
+def calibrate(
+    model_dir: Path = typer.Argument(..., help="Hugging Face model folder."),
+    data: Path = typer.Option(..., "--data", help="Calibration folder (prompts.jsonl + images)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the expert statistics."),
+    samples: int = typer.Option(128, "--samples", help="How many samples to draw (seeded)."),
+    seed: int = typer.Option(0, "--seed"),
+    max_length: int = typer.Option(4096, "--max-length", help="Longer samples are left out."),
+    rho: float = typer.Option(0.2, "--rho", help="Share of image tokens kept as key tokens per layer."),
+    tokens_per_expert: int = typer.Option(512, "--tokens-per-expert",
+                                          help="Cached inputs per expert and modality for sensitivity."),
+    probes: int = typer.Option(16, "--hessian-probes", help="Hutchinson probes for MoPEQ's Hessian trace."),
+    types: Optional[str] = typer.Option(None, "--types", help="Comma-separated candidate types (default: the ladder)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out samples whose image cannot be read."),
+    device: str = typer.Option("cpu", "--device", help="cpu (cuda and mps: not yet)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Measure MODE's expert statistics (frequencies by modality, key tokens, sensitivity)."""
+    from mode_edge.calibrate.runner import CalibrationOptions, Progress as CalProgress
+    from mode_edge.calibrate.runner import calibrate as run_calibration
+    from mode_edge.quant_types import LADDER
+
+    if device != "cpu":
+        raise UserError(f"--device {device} is not supported yet", "use --device cpu")
+    opts = CalibrationOptions(samples=samples, seed=seed, max_length=max_length, rho=rho,
+                              cap=tokens_per_expert, probes=probes, skip_bad=skip_bad,
+                              types=[t.strip().upper() for t in types.split(",")] if types else
+                              [t.name for t in LADDER])
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet,
+                  transient=True) as progress:
+        layers = progress.add_task("layers", total=None, rate="")
+        samples_task = progress.add_task("samples", total=None, rate="")
+        clock = {"t": 0.0, "tokens": 0}
+
+        def on_sample(il: int, n_tokens: int) -> None:
+            import time
+
+            if clock["t"] == 0.0:
+                clock["t"] = time.perf_counter()
+            clock["tokens"] += n_tokens
+            rate = clock["tokens"] / max(1e-9, time.perf_counter() - clock["t"])
+            progress.update(samples_task, advance=1, description=f"layer {il}", rate=f"{rate:,.0f} tok/s")
+
+        def on_layer_done(il: int) -> None:
+            progress.update(layers, advance=1)
+            progress.reset(samples_task, rate="")
+
+        run_calibration(model_dir, data, output, opts, CalProgress(
+            on_start=lambda n_layers, n_samples: (progress.update(layers, total=n_layers),
+                                                  progress.update(samples_task, total=n_samples)),
+            on_sample=on_sample, on_layer_done=on_layer_done,
+            on_warning=lambda msg: console.print(f"[yellow]warning:[/yellow] {msg}")))
+    out.print(f"wrote expert statistics to {output}")
+
+
 @app.command(epilog="Example: mode-edge inspect out/model-f16.gguf --json")
 def inspect(
     path: Path = typer.Argument(..., help="A GGUF file."),

@@ -107,13 +107,15 @@ class LayerRecorder:
             with torch.no_grad():
                 inputs = [self.caches[(c, e)].rows for c in ("text", "vision_key")]
                 sens[e] = expert_sensitivity(wg, wu, wd, act, inputs, types, imp_in[e], imp_mid[e])
-            # a generator per expert: the same probes whatever order the threads run in
-            gen = torch.Generator().manual_seed(self.seed * 1009 + e)
-            hess[e] = hessian_trace(wg, wu, wd, act, self.caches[("all", e)].rows, probes, gen)
 
         # ggml's quantizer drops the GIL, so experts overlap
         with ThreadPoolExecutor(max(1, n_threads)) as pool:
             list(pool.map(one, range(self.E)))
+        # forward-mode AD is not thread-safe: the Hessian probes run in this thread
+        for e in range(self.E):
+            wg, wu, wd, act = experts_fn(e)
+            gen = torch.Generator().manual_seed(self.seed * 1009 + e)
+            hess[e] = hessian_trace(wg, wu, wd, act, self.caches[("all", e)].rows, probes, gen)
         return {
             "counts": self.counts, "weight_sums": self.weight_sums,
             "in_sq": self.in_sq.astype(np.float32), "mid_sq": self.mid_sq.astype(np.float32),
