@@ -412,21 +412,26 @@ class Qwen3VLMoeCalibration:
                 "image_mask": image_mask[0], "deepstack": deepstack}
 
     def load_layer(self, il: int):
+        """Decoder layer il with its weights; experts are copied in one at a time so the peak is
+        the layer itself plus one expert, whatever the on-disk layout."""
         import torch
 
         with torch.device("meta"):
             layer = self.m.Qwen3VLMoeTextDecoderLayer(self.config.text_config, il)
         layer = layer.to_empty(device="cpu")
-        state = {}
         prefix = f"{TEXT_PREFIX}layers.{il}."
-        for spec_name in self.ckpt.names():
-            if spec_name.startswith(prefix) and ".mlp.experts." not in spec_name:
-                state[spec_name[len(prefix):]] = torch.from_numpy(self.ckpt.load(spec_name))
+        state = {n[len(prefix):]: torch.from_numpy(self.ckpt.load(n)) for n in self.ckpt.names()
+                 if n.startswith(prefix) and ".mlp.experts." not in n}
+        missing, unexpected = layer.load_state_dict(state, strict=False)
+        if unexpected or set(missing) != {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}:
+            raise RuntimeError(f"layer {il}: unexpected {unexpected}, missing {missing}")
         specs = {s.name.split(".")[2]: s for s in self.conv._expert_specs(il)}
-        gate, up, down = (torch.from_numpy(specs[k].load()) for k in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"))
-        state["mlp.experts.gate_up_proj"] = torch.cat([gate, up], dim=1)  # transformers: [E, 2I, H]
-        state["mlp.experts.down_proj"] = down
-        layer.load_state_dict(state, strict=True)
+        experts, I = layer.mlp.experts, self.expert_ff
+        with torch.no_grad():  # transformers keeps gate_up as [E, 2I, H] (gate first), down as [E, H, I]
+            for e in range(self.n_experts):
+                experts.gate_up_proj[e, :I].copy_(torch.from_numpy(specs["ffn_gate_exps"].load_expert(e)))
+                experts.gate_up_proj[e, I:].copy_(torch.from_numpy(specs["ffn_up_exps"].load_expert(e)))
+                experts.down_proj[e].copy_(torch.from_numpy(specs["ffn_down_exps"].load_expert(e)))
         return layer.eval()
 
     def run_layer(self, layer, il: int, s: dict):
