@@ -432,7 +432,7 @@ class Qwen3VLMoeCalibration:
                 experts.gate_up_proj[e, :I].copy_(torch.from_numpy(specs["ffn_gate_exps"].load_expert(e)))
                 experts.gate_up_proj[e, I:].copy_(torch.from_numpy(specs["ffn_up_exps"].load_expert(e)))
                 experts.down_proj[e].copy_(torch.from_numpy(specs["ffn_down_exps"].load_expert(e)))
-        return layer.eval()
+        return layer.eval().requires_grad_(False)
 
     def run_layer(self, layer, il: int, s: dict):
         """One sample through one layer, plus the deepstack injection that follows it."""

@@ -238,3 +238,26 @@ def test_unreadable_image_error_and_skip_bad(model_dir, tmp_path):
     proc = subprocess.run(cmd + ["-o", str(tmp_path / "s2"), "--skip-bad"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "s2" / "manifest.json").read_text())["n_samples"] == 2  # 1 image + 1 text
+
+
+def test_hessian_jvp_and_hutchinson_against_autodiff_and_exact_trace():
+    """The closed-form J v equals torch's forward-mode AD; Hutchinson converges to tr(J^T J)/N."""
+    from mode_edge.signals.sensitivity import exact_hessian_trace, expert_forward, expert_jvps, hessian_trace
+
+    g = torch.Generator().manual_seed(0)
+    H, I, N = 64, 32, 40
+    wg, wu, wd = (torch.randn(s, generator=g) * 0.2 for s in ((I, H), (I, H), (H, I)))
+    x = torch.randn(N, H, generator=g)
+    act = torch.nn.functional.silu
+    vs = [torch.randn(w.shape, generator=g) for w in (wg, wu, wd)]
+    ours = expert_jvps(x, wg, wu, wd, act, *vs)
+    for p, (w, v) in enumerate(zip((wg, wu, wd), vs)):
+        def f(w_, p=p):
+            ws = [wg, wu, wd]
+            ws[p] = w_
+            return expert_forward(x, *ws, act)
+        _, ref = torch.func.jvp(f, (w,), (v,))
+        torch.testing.assert_close(ours[p], ref, rtol=1e-4, atol=1e-5)
+    exact = exact_hessian_trace(wg, wu, wd, act, x)
+    est = hessian_trace(wg, wu, wd, act, x, probes=400, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(est, exact, rtol=0.1)
