@@ -157,6 +157,8 @@ def calibrate(
     probes: int = typer.Option(16, "--hessian-probes", help="Hutchinson probes for MoPEQ's Hessian trace."),
     types: Optional[str] = typer.Option(None, "--types", help="Comma-separated candidate types (default: the ladder)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out samples whose image cannot be read."),
+    offload: str = typer.Option("auto", "--offload",
+                                help="Where hidden states wait between layers: auto, memory or disk."),
     device: str = typer.Option("cpu", "--device", help="cpu (cuda and mps: not yet)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -167,8 +169,10 @@ def calibrate(
 
     if device != "cpu":
         raise UserError(f"--device {device} is not supported yet", "use --device cpu")
+    if offload not in ("auto", "memory", "disk"):
+        raise UserError(f"--offload {offload!r} is not one of auto, memory, disk", "pick one of them")
     opts = CalibrationOptions(samples=samples, seed=seed, max_length=max_length, rho=rho,
-                              cap=tokens_per_expert, probes=probes, skip_bad=skip_bad,
+                              cap=tokens_per_expert, probes=probes, skip_bad=skip_bad, offload=offload,
                               types=[t.strip().upper() for t in types.split(",")] if types else
                               [t.name for t in LADDER])
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

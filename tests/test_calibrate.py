@@ -200,13 +200,18 @@ def test_sensitivity_monotone_in_bits(stats):
         assert np.all(d["hessian_trace"][c.sum(0) > 0] > 0)
 
 
-def test_resume_after_interruption_gives_identical_stats(model_dir, data_dir, stats, tmp_path):
+@pytest.mark.parametrize("offload", ["memory", "disk"])
+def test_resume_after_interruption_gives_identical_stats(model_dir, data_dir, stats, tmp_path, offload):
+    """Stop after layer 0, rerun: the same bytes as one uninterrupted (in-memory) run; with
+    activations on disk too, which also shows offloading changes nothing."""
     _, full = stats
     out = tmp_path / "resumed"
-    calibrate(model_dir, data_dir, out, CalibrationOptions(**FAST), stop_after_layer=0)
+    calibrate(model_dir, data_dir, out, CalibrationOptions(**FAST, offload=offload), stop_after_layer=0)
     assert (out / ".partial" / "layer-000.safetensors").is_file()
     assert not (out / "expert_stats.safetensors").exists()
-    calibrate(model_dir, data_dir, out, CalibrationOptions(**FAST))
+    if offload == "disk":
+        assert sorted(p.name for p in (out / ".partial").glob("act-*")) == ["act-0", "act-1"]
+    calibrate(model_dir, data_dir, out, CalibrationOptions(**FAST, offload=offload))
     assert (out / "expert_stats.safetensors").read_bytes() == (full / "expert_stats.safetensors").read_bytes()
     a, b = json.loads((out / "manifest.json").read_text()), json.loads((full / "manifest.json").read_text())
     assert a == b

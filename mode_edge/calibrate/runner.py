@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mode_edge.calibrate.activations import Activations, choose_mode
 from mode_edge.calibrate.data import data_hash, load_image, read_samples
 from mode_edge.checkpoint import Checkpoint
 from mode_edge.errors import UserError
@@ -43,9 +44,11 @@ class CalibrationOptions:
     probes: int = 16
     types: list[str] = field(default_factory=lambda: [t.name for t in LADDER])
     skip_bad: bool = False
+    offload: str = "auto"  # where hidden states wait between layers: auto, memory or disk
 
     def key(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "skip_bad"}
+        """What the results depend on (resume only continues a run with the same key)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("skip_bad", "offload")}
 
 
 @dataclass
@@ -123,19 +126,22 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
     identity = {"model": str(Path(model_dir).resolve()), "data": data_hash(kept), "options": opts.key(),
                 "n_samples": len(rendered)}
     state_path = partial / "state.json"
+    n_tokens = sum(len(r.input_ids) for r in rendered)
+    acts = Activations(choose_mode(opts.offload, n_tokens, cal.hidden), partial, len(rendered))
     start = 0
     if state_path.is_file():
         state = json.loads(state_path.read_text())
-        if state.get("identity") == identity and (partial / "hidden.pt").is_file():
+        if state.get("identity") == identity and acts.restore(state):
             start = state["next_layer"]
         else:
             shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
 
     states = [cal.embed(r) for r in rendered]
-    if start > 0:
-        for s, h in zip(states, torch.load(partial / "hidden.pt")):
-            s["hidden"] = h
+    first_hidden = [s.pop("hidden") for s in states]
+    if start == 0:
+        acts.init(first_hidden)
+    del first_hidden
     special = cal.special_ids()
     tok = cal.tokenizer
     newline_ids = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
@@ -160,23 +166,23 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
         def experts_fn(e, experts=experts):
             return cal.expert_weights(experts, e)
 
-        for r, s in zip(rendered, states):
+        acts.begin_layer()
+        for i, (r, s) in enumerate(zip(rendered, states)):
+            s["hidden"] = acts.get(i)
             s_next = cal.run_layer(layer, il, s)
             _, weights, indices = seen["router"]
             mod = _modalities(cal, r, seen["attn"], attn, special, newline_ids, im_start, opts.rho)
             x = seen["moe_in"].reshape(-1, cal.hidden)
             rec.add(x, indices, weights, mod, experts_fn)
-            s["hidden"] = s_next
+            acts.put(i, s_next)
+            del s["hidden"], s_next
             if progress.on_sample:
                 progress.on_sample(il, len(r.input_ids))
         for h in hooks:
             h.remove()
         arrays = rec.finish(experts_fn, types, opts.probes, default_threads())
         save_arrays_atomic(partial / f"layer-{il:03d}.safetensors", arrays)
-        tmp = partial / "hidden.pt.tmp"
-        torch.save([s["hidden"] for s in states], tmp)
-        tmp.replace(partial / "hidden.pt")
-        write_json_atomic(state_path, {"identity": identity, "next_layer": il + 1})
+        write_json_atomic(state_path, {"identity": identity, "next_layer": il + 1, **acts.end_layer()})
         del layer, attn, moe, router, experts
         if progress.on_layer_done:
             progress.on_layer_done(il)
