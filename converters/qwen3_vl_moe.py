@@ -322,12 +322,13 @@ class Qwen3VLMoeCalibration:
     checkpoint, so only one layer's weights are ever resident.
     """
 
-    def __init__(self, conv: Qwen3VLMoeConverter, attn_implementation: str = "sdpa"):
+    def __init__(self, conv: Qwen3VLMoeConverter, attn_implementation: str = "sdpa", device: str = "cpu"):
         import torch
         from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLMoeConfig
         from transformers.models.qwen3_vl_moe import modeling_qwen3_vl_moe as m
 
         self.conv, self.ckpt, self.m = conv, conv.ckpt, m
+        self.device = torch.device(device)
         self.config = Qwen3VLMoeConfig.from_pretrained(self.ckpt.dir)
         self.config._attn_implementation = attn_implementation
         self.config.text_config._attn_implementation = attn_implementation
@@ -341,7 +342,7 @@ class Qwen3VLMoeCalibration:
         self.merge = self.config.vision_config.spatial_merge_size
         with torch.device("meta"):
             self._meta = m.Qwen3VLMoeModel(self.config)  # for get_rope_index (config only)
-        self.rotary = m.Qwen3VLMoeTextRotaryEmbedding(tc)
+        self.rotary = m.Qwen3VLMoeTextRotaryEmbedding(tc).to(self.device)
         self._embed = None
         self._visual = None
 
@@ -382,7 +383,7 @@ class Qwen3VLMoeCalibration:
         self._embed = torch.nn.Embedding.from_pretrained(w, freeze=True)
         visual = self.m.Qwen3VLMoeVisionModel._from_config(self.config.vision_config)
         visual.load_state_dict(self._state(VISION_PREFIX), strict=True)
-        self._visual = visual.eval()
+        self._visual = visual.eval().requires_grad_(False).to(self.device)
 
     def embed(self, r) -> dict:
         """Initial hidden state and what every layer needs for one rendered sample."""
@@ -391,25 +392,27 @@ class Qwen3VLMoeCalibration:
 
         self._ensure_embed()
         ids = torch.from_numpy(r.input_ids)[None]
+        dev = self.device
         with torch.no_grad():
-            h = self._embed(ids)
+            h = self._embed(ids).to(dev)
             image_mask = ids == self.image_token_id
             deepstack = []
             if r.pixel_values is not None:
                 grid = torch.from_numpy(r.image_grid_thw)
-                out = self._visual(torch.from_numpy(r.pixel_values), grid_thw=grid, return_dict=True)
+                out = self._visual(torch.from_numpy(r.pixel_values).to(dev), grid_thw=grid.to(dev), return_dict=True)
+                image_mask = image_mask.to(dev)
                 h = h.masked_scatter(image_mask[..., None].expand_as(h), out.pooler_output.to(h.dtype))
                 deepstack = list(out.deepstack_features)
                 pos, _ = self._meta.get_rope_index(ids, mm_token_type_ids=image_mask.int(), image_grid_thw=grid)
                 text_pos = None
             else:
                 pos = torch.arange(ids.shape[1]).view(1, 1, -1).expand(4, 1, -1)
-                text_pos, pos = pos[0], pos[1:]
-            cos_sin = self.rotary(h, pos)
+                text_pos, pos = pos[0].to(dev), pos[1:]
+            cos_sin = self.rotary(h, pos.to(dev))
             mask = create_causal_mask(config=self.config.text_config, inputs_embeds=h, attention_mask=None,
                                       past_key_values=None, position_ids=text_pos)
-        return {"hidden": h[0], "position_embeddings": cos_sin, "attention_mask": mask,
-                "image_mask": image_mask[0], "deepstack": deepstack}
+        return {"hidden": h[0].cpu(), "position_embeddings": cos_sin, "attention_mask": mask,
+                "image_mask": image_mask[0].to(dev), "deepstack": deepstack}
 
     def load_layer(self, il: int):
         """Decoder layer il with its weights; experts are copied in one at a time so the peak is
@@ -418,7 +421,7 @@ class Qwen3VLMoeCalibration:
 
         with torch.device("meta"):
             layer = self.m.Qwen3VLMoeTextDecoderLayer(self.config.text_config, il)
-        layer = layer.to_empty(device="cpu")
+        layer = layer.to_empty(device=self.device)
         prefix = f"{TEXT_PREFIX}layers.{il}."
         state = {n[len(prefix):]: torch.from_numpy(self.ckpt.load(n)) for n in self.ckpt.names()
                  if n.startswith(prefix) and ".mlp.experts." not in n}
@@ -435,11 +438,12 @@ class Qwen3VLMoeCalibration:
         return layer.eval().requires_grad_(False)
 
     def run_layer(self, layer, il: int, s: dict):
-        """One sample through one layer, plus the deepstack injection that follows it."""
+        """One sample through one layer, plus the deepstack injection that follows it (on the
+        calibration device; the result too)."""
         import torch
 
         with torch.no_grad():
-            h = layer(s["hidden"][None], attention_mask=s["attention_mask"],
+            h = layer(s["hidden"].to(self.device)[None], attention_mask=s["attention_mask"],
                       position_embeddings=s["position_embeddings"])
             if il < len(s["deepstack"]):
                 h = h.clone()

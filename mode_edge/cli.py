@@ -133,6 +133,17 @@ def pack(
             n_threads=threads)
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    ok = {"cpu": True, "cuda": torch.cuda.is_available(),
+          "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if device not in ok:
+        raise UserError(f"unknown device {device!r}", "use cpu, cuda or mps")
+    if not ok[device]:
+        raise UserError(f"--device {device} is not available on this machine (torch sees none)", "use --device cpu")
+
+
 CALIBRATE_EPILOG = """Example:
 
   mode-edge calibrate ./Qwen3-VL-30B-A3B-Instruct --data calib/ -o stats/ --samples 128
@@ -159,7 +170,8 @@ def calibrate(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out samples whose image cannot be read."),
     offload: str = typer.Option("auto", "--offload",
                                 help="Where hidden states wait between layers: auto, memory or disk."),
-    device: str = typer.Option("cpu", "--device", help="cpu (cuda and mps: not yet)."),
+    device: str = typer.Option("cpu", "--device",
+                               help="Where decoder layers run: cpu, cuda or mps (statistics stay on the CPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Measure MODE's expert statistics (frequencies by modality, key tokens, sensitivity)."""
@@ -167,12 +179,12 @@ def calibrate(
     from mode_edge.calibrate.runner import calibrate as run_calibration
     from mode_edge.quant_types import LADDER
 
-    if device != "cpu":
-        raise UserError(f"--device {device} is not supported yet", "use --device cpu")
+    _check_device(device)
     if offload not in ("auto", "memory", "disk"):
         raise UserError(f"--offload {offload!r} is not one of auto, memory, disk", "pick one of them")
     opts = CalibrationOptions(samples=samples, seed=seed, max_length=max_length, rho=rho,
                               cap=tokens_per_expert, probes=probes, skip_bad=skip_bad, offload=offload,
+                              device=device,
                               types=[t.strip().upper() for t in types.split(",")] if types else
                               [t.name for t in LADDER])
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -266,3 +266,10 @@ def test_hessian_jvp_and_hutchinson_against_autodiff_and_exact_trace():
     exact = exact_hessian_trace(wg, wu, wd, act, x)
     est = hessian_trace(wg, wu, wd, act, x, probes=400, generator=torch.Generator().manual_seed(1))
     np.testing.assert_allclose(est, exact, rtol=0.1)
+
+
+def test_unknown_device_is_refused(model_dir, data_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mode_edge.cli", "calibrate", str(model_dir), "--data", str(data_dir),
+                           "-o", str(tmp_path / "s"), "--device", "tpu"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown device 'tpu'" in proc.stderr
+    assert not (tmp_path / "s").exists()

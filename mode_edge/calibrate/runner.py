@@ -44,6 +44,7 @@ class CalibrationOptions:
     probes: int = 16
     types: list[str] = field(default_factory=lambda: [t.name for t in LADDER])
     skip_bad: bool = False
+    device: str = "cpu"     # where layers run; statistics and the quantizer stay on the CPU
     offload: str = "auto"  # where hidden states wait between layers: auto, memory or disk
 
     def key(self) -> dict:
@@ -101,9 +102,15 @@ def _modalities(cal, r, layer_attn_inputs, attn, special: set[int], newline_ids:
     x, pe = layer_attn_inputs
     with torch.no_grad():
         q, k, scaling = cal.attention_qk(attn, x, pe)
-        scores = key_scores(q, k, scaling, queries, image_mask)
+        scores = key_scores(q, k, scaling, queries.to(q.device), image_mask.to(q.device)).cpu()
     mod[img_pos[select_key_tokens(scores, rho)]] = KEY
     return mod
+
+
+def _cpu_copy(experts):
+    import copy
+
+    return copy.deepcopy(experts).to("cpu")
 
 
 def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationOptions | None = None,
@@ -119,7 +126,7 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
     types = [parse_type(t) for t in opts.types]
     ckpt = Checkpoint(model_dir)
     conv = converter_for(ckpt)
-    cal = conv.calibration(attn_implementation=attn_implementation)
+    cal = conv.calibration(attn_implementation=attn_implementation, device=opts.device)
     rendered, kept = _render_all(cal, opts, data_dir, warn)
     out_dir = Path(out_dir)
     partial = out_dir / PARTIAL
@@ -162,8 +169,10 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
             router.register_forward_hook(lambda m, a, o: seen.__setitem__("router", o)),
         ]
         rec = LayerRecorder(cal.n_experts, cal.hidden, cal.expert_ff, opts.cap, seed=opts.seed * 100003 + il)
+        # statistics are taken on the CPU: a CPU copy of the experts when layers run elsewhere
+        cpu_experts = experts if opts.device == "cpu" else _cpu_copy(experts)
 
-        def experts_fn(e, experts=experts):
+        def experts_fn(e, experts=cpu_experts):
             return cal.expert_weights(experts, e)
 
         acts.begin_layer()
@@ -172,9 +181,9 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
             s_next = cal.run_layer(layer, il, s)
             _, weights, indices = seen["router"]
             mod = _modalities(cal, r, seen["attn"], attn, special, newline_ids, im_start, opts.rho)
-            x = seen["moe_in"].reshape(-1, cal.hidden)
-            rec.add(x, indices, weights, mod, experts_fn)
-            acts.put(i, s_next)
+            x = seen["moe_in"].reshape(-1, cal.hidden).cpu()
+            rec.add(x, indices.cpu(), weights.cpu(), mod, experts_fn)
+            acts.put(i, s_next.cpu())
             del s["hidden"], s_next
             if progress.on_sample:
                 progress.on_sample(il, len(r.input_ids))

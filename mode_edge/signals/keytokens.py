@@ -41,7 +41,7 @@ def key_scores(q: torch.Tensor, k: torch.Tensor, scaling: float, queries: torch.
     qs = q[:, queries, :].float()                            # [H, nq, d]
     scores = torch.einsum("hqd,htd->hqt", qs, k.float()) * scaling
     T = k.shape[1]
-    causal = torch.arange(T)[None, :] > queries[:, None]    # [nq, T] keys after the query
+    causal = torch.arange(T, device=k.device)[None, :] > queries[:, None]  # [nq, T] keys after the query
     scores = scores.masked_fill(causal[None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return probs[:, :, image_mask].mean(dim=(0, 1))           # [n_image]
