@@ -216,6 +216,10 @@ def test_resume_after_interruption_gives_identical_stats(model_dir, data_dir, st
     a, b = json.loads((out / "manifest.json").read_text()), json.loads((full / "manifest.json").read_text())
     assert a == b
     assert not (out / ".partial").exists()
+    # a finished run with the same identity is reused, not recomputed
+    before = (out / "expert_stats.safetensors").stat().st_mtime_ns
+    calibrate(model_dir, data_dir, out, CalibrationOptions(**FAST, offload=offload))
+    assert (out / "expert_stats.safetensors").stat().st_mtime_ns == before
 
 
 def test_stats_imatrix_feeds_pack(stats, model_dir, tmp_path):

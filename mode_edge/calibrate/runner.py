@@ -107,6 +107,15 @@ def _modalities(cal, r, layer_attn_inputs, attn, special: set[int], newline_ids:
     return mod
 
 
+def _finished_with(out_dir: Path, identity: dict) -> bool:
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (out_dir / "expert_stats.safetensors").is_file() and \
+        all(manifest.get(k) == v for k, v in identity.items())
+
+
 def _cpu_copy(experts):
     import copy
 
@@ -132,6 +141,9 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
     partial = out_dir / PARTIAL
     identity = {"model": str(Path(model_dir).resolve()), "data": data_hash(kept), "options": opts.key(),
                 "n_samples": len(rendered)}
+    if _finished_with(out_dir, identity):
+        warn(f"{out_dir} already holds statistics for this model, data and options; reusing them")
+        return out_dir
     state_path = partial / "state.json"
     n_tokens = sum(len(r.input_ids) for r in rendered)
     acts = Activations(choose_mode(opts.offload, n_tokens, cal.hidden), partial, len(rendered))
