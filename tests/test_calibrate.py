@@ -277,3 +277,20 @@ def test_unknown_device_is_refused(model_dir, data_dir, tmp_path):
                            "-o", str(tmp_path / "s"), "--device", "tpu"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown device 'tpu'" in proc.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_bottom_k_cache_keeps_exactly_the_smallest_keys():
+    from mode_edge.signals.recorder import BottomK
+
+    g = torch.Generator().manual_seed(0)
+    cache = BottomK(50)
+    rows, keys = [], []
+    for _ in range(30):
+        m = int(torch.randint(0, 12, (1,), generator=g))
+        r, k = torch.randn(m, 4, generator=g), torch.rand(m, generator=g)
+        cache.add(r, k)
+        rows.append(r)
+        keys.append(k)
+    R, K = torch.cat(rows), torch.cat(keys)
+    want = {tuple(R[i].tolist()) for i in torch.topk(K, 50, largest=False).indices}
+    assert cache.n == 50 and {tuple(x.tolist()) for x in cache.rows} == want
