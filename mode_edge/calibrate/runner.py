@@ -204,7 +204,9 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
         arrays = rec.finish(experts_fn, types, opts.probes, default_threads())
         save_arrays_atomic(partial / f"layer-{il:03d}.safetensors", arrays)
         write_json_atomic(state_path, {"identity": identity, "next_layer": il + 1, **acts.end_layer()})
-        del layer, attn, moe, router, experts
+        # drop every reference to this layer before the next one loads (the closure and the
+        # CPU copy of its experts would otherwise keep two layers resident)
+        del layer, attn, moe, router, experts, cpu_experts, experts_fn, rec, seen, hooks, arrays
         if progress.on_layer_done:
             progress.on_layer_done(il)
         if stop_after_layer is not None and il >= stop_after_layer:
