@@ -253,3 +253,18 @@ def test_imatrix_file_layout_is_llama_imatrix_s(imatrix, tmp_path):
     back = Imatrix.load(path)
     e = back.entries["blk.0.ffn_up_exps.weight"]
     assert np.array_equal(e.importance()[1], np.ones(256, np.float32))  # no tokens -> 1.0
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.IQ4_XS, T.Q2_K, T.Q6_K], ids=lambda t: t.name)
+def test_fallback_for_rows_not_multiple_of_256_matches_llama(qtype, converted, tiny_models, tmp_path):
+    """expert width 128: down_proj rows take llama-quantize's fallback (Q5_0, IQ4_NL, Q4_0, Q8_0)."""
+    f32 = converted["published_square"][0]
+    ref_path = tmp_path / "ref.gguf"
+    _llama_quantize(f32, ref_path, _ftype(qtype), pure=True)
+    ours = export_model(tiny_models["published_square"], tmp_path / "ours", None, plan=QuantPlan(default=qtype),
+                        label="x", n_threads=2).text_path
+    ref, got = _tensor_bytes(ref_path), _tensor_bytes(ours)
+    assert ref["blk.0.ffn_down_exps.weight"][0] != qtype  # a fallback happened
+    for name, (rtype, rbytes) in ref.items():
+        assert got[name][0] == rtype, name
+        assert np.array_equal(got[name][1], rbytes), name
