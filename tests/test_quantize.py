@@ -268,3 +268,15 @@ def test_fallback_for_rows_not_multiple_of_256_matches_llama(qtype, converted, t
     for name, (rtype, rbytes) in ref.items():
         assert got[name][0] == rtype, name
         assert np.array_equal(got[name][1], rbytes), name
+
+
+def test_planned_sizes_equal_written_files(model_dir, mixed_file, imatrix, tmp_path):
+    """Byte accounting for allocation: computed from shapes and the real header, no data."""
+    from mode_edge.gguf.export import planned_sizes
+
+    for plan in (QuantPlan(default=T.Q4_K),
+                 QuantPlan(default=T.Q8_0, tensors={"blk.0.ffn_gate_exps.weight": MIXED,
+                                                    "blk.1.ffn_down_exps.weight": [T.IQ2_XS] * 4 + [T.Q4_K] * 4})):
+        text, mm = planned_sizes(model_dir, plan, imatrix)
+        r = export_model(model_dir, tmp_path / plan.method, None, plan=plan, label="x", imatrix=imatrix)
+        assert (text, mm) == (r.text_path.stat().st_size, r.mmproj_path.stat().st_size)

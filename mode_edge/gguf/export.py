@@ -21,7 +21,7 @@ from mode_edge.errors import UserError
 from mode_edge.gguf.groups import GROUPS_KEY, GROUPS_VERSION
 from mode_edge.gguf.pack import Packer
 from mode_edge.gguf.precision import PRECISIONS, file_type, precision_plan
-from mode_edge.gguf.writer import OutTensor, temp_path, write_gguf
+from mode_edge.gguf.writer import OutTensor, gguf_file_size, temp_path, write_gguf
 from mode_edge.quant_types import is_quantized
 from mode_edge.quantize.encode import default_threads
 from mode_edge.quantize.imatrix import Imatrix
@@ -102,3 +102,17 @@ def export_model(model_dir: Path, out_dir: Path, precision: str | None = "f16", 
     finally:
         packer.close()
     return ExportResult(text_path, mm_path, text_bytes, mm_bytes, time.perf_counter() - start)
+
+
+def planned_sizes(model_dir: Path, plan: QuantPlan, imatrix: Imatrix | None = None) -> tuple[int, int]:
+    """Exact bytes of the text and mmproj files export_model would write for `plan`."""
+    conv = converter_for(Checkpoint(model_dir))
+    packer = Packer(plan, imatrix, 1)
+    try:
+        text = packer.tensors(conv.text_tensors())
+        grouped = packer.grouped
+        mm = packer.tensors(conv.mmproj_tensors(), mmproj=True)
+    finally:
+        packer.close()
+    return (gguf_file_size(conv.arch, _metadata(conv.add_text_metadata, text, grouped), text),
+            gguf_file_size("clip", _metadata(conv.add_mmproj_metadata, mm, False), mm))

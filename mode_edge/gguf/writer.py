@@ -44,14 +44,38 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial-{os.getpid()}")
 
 
-def write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None],
-               tensors: list[OutTensor], on_tensor: Callable[[OutTensor], None] | None = None) -> int:
-    """Write a complete GGUF file at `path` (the caller's temporary name). Returns its size."""
+def _start(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None], tensors: list[OutTensor]) -> GGUFWriter:
     w = GGUFWriter(path, arch)
     add_metadata(w)
     for t in tensors:
         # logical shape + raw_dtype: gguf-py stores the shape as given for non-uint8 dtypes
         w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
+    return w
+
+
+def gguf_file_size(arch: str, add_metadata: Callable[[GGUFWriter], None], tensors: list[OutTensor]) -> int:
+    """The exact size write_gguf will produce, without producing any tensor data: the real
+    header (metadata + tensor index) is serialised to a scratch file and measured."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mode-edge-size-") as tmp:
+        w = _start(Path(tmp) / "header.gguf", arch, add_metadata, tensors)
+        try:
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            assert w.fout is not None
+            header = w.fout[0].tell()
+            align = w.data_alignment
+        finally:
+            w.close()
+    return GGUFWriter.ggml_pad(header, align) + sum(GGUFWriter.ggml_pad(t.nbytes, align) for t in tensors)
+
+
+def write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None],
+               tensors: list[OutTensor], on_tensor: Callable[[OutTensor], None] | None = None) -> int:
+    """Write a complete GGUF file at `path` (the caller's temporary name). Returns its size."""
+    w = _start(path, arch, add_metadata, tensors)
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
