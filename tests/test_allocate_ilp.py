@@ -73,3 +73,23 @@ def test_budget_bpw_and_errors():
     for bad in ("twelve", "12XB", "0GB", "0.5bpw"):
         with pytest.raises(UserError):
             parse_budget(bad)
+
+
+def test_lagrangian_is_feasible_and_certifies_a_small_gap():
+    """At scale the Lagrangian path is used; its gap is against the LP bound, so it is a proof."""
+    from mode_edge.allocate.ilp import lagrangian
+
+    rng = np.random.default_rng(3)
+    n, bits = 5000, np.array([2.06, 2.625, 3.44, 4.5, 5.5, 6.56, 8.5])
+    sizes = np.rint(65536 * bits / 8).astype(np.int64)[None, :].repeat(n, 0)
+    cost = (rng.pareto(1.5, (n, 1)) + 0.01) * np.exp(-1.4 * bits)[None, :] * rng.uniform(0.9, 1.1, (n, len(bits)))
+    capacity = int(n * 65536 * 3.2 / 8)
+    sol = lagrangian(cost, sizes, capacity, np.ones(cost.shape, bool))
+    assert sol.size <= capacity
+    assert 0 <= sol.gap <= 1e-3
+    # and it is at least as good as CBC's answer within that gap on a slice small enough for CBC
+    small = slice(0, 300)
+    cap_small = int(300 * 65536 * 3.2 / 8)
+    exact = solve(cost[small], sizes[small], cap_small, method="cbc")
+    approx = lagrangian(cost[small], sizes[small], cap_small, np.ones((300, len(bits)), bool))
+    assert approx.size <= cap_small and approx.cost <= exact.cost * (1 + approx.gap) + 1e-12
