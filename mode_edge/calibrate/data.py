@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,6 @@ class Rendered:
     input_ids: np.ndarray                 # [T] int64
     pixel_values: np.ndarray | None = None
     image_grid_thw: np.ndarray | None = None
-    source: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def read_samples(data_dir: Path, n: int, seed: int) -> list[Sample]:

@@ -9,7 +9,6 @@ wild: as transformers 5 saves it, as Qwen published it, and one tensor per exper
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -171,8 +170,3 @@ def relayout_experts(model_dir: Path, layout: str) -> None:
         index = json.loads(index_path.read_text())
         index["weight_map"] = dict(sorted(weight_map.items()))
         index_path.write_text(json.dumps(index, indent=2))
-
-
-def copy_model(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
