@@ -11,7 +11,6 @@ Prints a table with the ratios convert/baseline and each run's peak RSS (VmHWM).
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys

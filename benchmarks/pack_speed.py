@@ -11,7 +11,6 @@ process; times are medians and exclude interpreter start-up. Peak RSS is VmHWM.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys

@@ -166,16 +166,6 @@ class Qwen3VLMoeConverter(ArchConverter):
         ck = self.ckpt
         every = slice(None)
 
-        def fused_half(half: int) -> np.ndarray:
-            rows = slice(half * I, (half + 1) * I)
-            if layout == "transformers":
-                return ck.load(p + "gate_up_proj", (every, rows, every))
-            return ck.load(p + "gate_up_proj", (every, every, rows)).transpose(0, 2, 1)
-
-        def fused_down() -> np.ndarray:
-            arr = ck.load(p + "down_proj")
-            return arr if layout == "transformers" else arr.transpose(0, 2, 1)
-
         def one_half(half: int, e: int) -> np.ndarray:
             rows = slice(half * I, (half + 1) * I)
             if layout == "transformers":
@@ -189,16 +179,15 @@ class Qwen3VLMoeConverter(ArchConverter):
         def one_separate(proj: str, e: int) -> np.ndarray:
             return ck.load(f"{p}{e}.{proj}.weight")
 
-        def stacked(proj: str) -> np.ndarray:
-            return np.stack([one_separate(proj, e) for e in range(E)])
-
         if layout == "per_expert":
-            gate, up, down = partial(stacked, "gate_proj"), partial(stacked, "up_proj"), partial(stacked, "down_proj")
-            one = {"gate": partial(one_separate, "gate_proj"), "up": partial(one_separate, "up_proj"),
-                   "down": partial(one_separate, "down_proj")}
+            one = {k: partial(one_separate, f"{k}_proj") for k in ("gate", "up", "down")}
         else:
-            gate, up, down = partial(fused_half, 0), partial(fused_half, 1), fused_down
             one = {"gate": partial(one_half, 0), "up": partial(one_half, 1), "down": one_down}
+
+        def whole(k: str) -> np.ndarray:
+            return np.stack([one[k](e) for e in range(E)])
+
+        gate, up, down = (partial(whole, k) for k in ("gate", "up", "down"))
         return [
             TensorSpec(_name(MODEL_TENSOR.FFN_GATE_EXP, il), (E, I, H), gate, Role.EXPERT, E, one["gate"]),
             TensorSpec(_name(MODEL_TENSOR.FFN_UP_EXP, il), (E, I, H), up, Role.EXPERT, E, one["up"]),
@@ -369,10 +358,12 @@ class Qwen3VLMoeCalibration:
             if k.startswith("<|") and k.endswith("|>")}
 
     # weights
-    def _state(self, prefix: str) -> dict:
+    def _state(self, prefix: str, skip: str | None = None) -> dict:
+        """Checkpoint tensors under `prefix` (minus names containing `skip`), keyed as the module names them."""
         import torch
 
-        return {n[len(prefix):]: torch.from_numpy(self.ckpt.load(n)) for n in self.ckpt.names() if n.startswith(prefix)}
+        return {n[len(prefix):]: torch.from_numpy(self.ckpt.load(n)) for n in self.ckpt.names()
+                if n.startswith(prefix) and (skip is None or skip not in n)}
 
     def _ensure_embed(self) -> None:
         import torch
@@ -422,9 +413,7 @@ class Qwen3VLMoeCalibration:
         with torch.device("meta"):
             layer = self.m.Qwen3VLMoeTextDecoderLayer(self.config.text_config, il)
         layer = layer.to_empty(device=self.device)
-        prefix = f"{TEXT_PREFIX}layers.{il}."
-        state = {n[len(prefix):]: torch.from_numpy(self.ckpt.load(n)) for n in self.ckpt.names()
-                 if n.startswith(prefix) and ".mlp.experts." not in n}
+        state = self._state(f"{TEXT_PREFIX}layers.{il}.", skip=".mlp.experts.")
         missing, unexpected = layer.load_state_dict(state, strict=False)
         if unexpected or set(missing) != {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}:
             raise RuntimeError(f"layer {il}: unexpected {unexpected}, missing {missing}")

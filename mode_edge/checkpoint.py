@@ -8,13 +8,13 @@ reading a model never holds more than the tensor asked for.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mode_edge.errors import UserError
+from mode_edge.files import read_json
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -32,10 +32,7 @@ class Checkpoint:
         if not cfg_path.is_file():
             raise UserError(f"no config.json in {self.dir}",
                             "this does not look like a Hugging Face model folder; download the whole repository")
-        try:
-            self.config: dict[str, Any] = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{cfg_path} is not valid JSON ({e})", "re-download config.json") from None
+        self.config: dict[str, Any] = read_json(cfg_path, "re-download config.json")
         self._shard_of: dict[str, str] = {}
         self._shape: dict[str, tuple[int, ...]] = {}
         self._dtype: dict[str, str] = {}
@@ -47,9 +44,9 @@ class Checkpoint:
         index = self.dir / INDEX_NAME
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise UserError(f"{index} is corrupt ({e})", "re-download the model index") from None
+                weight_map = read_json(index, "re-download the model index")["weight_map"]
+            except (KeyError, TypeError) as e:
+                raise UserError(f"{index} is corrupt (no weight_map: {e})", "re-download the model index") from None
             shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if not (self.dir / s).is_file()]
             if missing:
@@ -116,9 +113,4 @@ class Checkpoint:
 
     def read_json(self, filename: str) -> dict[str, Any] | None:
         path = self.dir / filename
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not valid JSON ({e})", f"re-download {filename}") from None
+        return read_json(path, f"re-download {filename}") if path.is_file() else None

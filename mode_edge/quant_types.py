@@ -28,8 +28,6 @@ _FALLBACK = {
     T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
 }
 
-FLOAT_TYPES = (T.F32, T.F16, T.BF16)
-
 
 def block_size(t: GGMLQuantizationType) -> int:
     return GGML_QUANT_SIZES[t][0]
@@ -70,4 +68,5 @@ def parse_type(name: str) -> GGMLQuantizationType:
 
 
 def is_quantized(t: GGMLQuantizationType) -> bool:
-    return t not in FLOAT_TYPES
+    """Block types (Q*, IQ*); float and integer types store one value per element."""
+    return block_size(t) > 1

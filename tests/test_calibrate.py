@@ -66,12 +66,12 @@ def rendered(model_dir, data_dir):
     return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]
 
 
-def _hf_inputs(r):
+def _hf_inputs(r, image_token_id: int):
     ids = torch.from_numpy(r.input_ids)[None]
     kw = {"input_ids": ids}
     if r.pixel_values is not None:
         kw.update(pixel_values=torch.from_numpy(r.pixel_values), image_grid_thw=torch.from_numpy(r.image_grid_thw),
-                  mm_token_type_ids=(ids == 510).int())
+                  mm_token_type_ids=(ids == image_token_id).int())
     return kw
 
 
@@ -88,7 +88,7 @@ def test_streamed_hidden_states_equal_full_forward(rendered, hf_models):
         hooks.append(lm.norm.register_forward_pre_hook(lambda m, a: seen.append(a[0])))
         try:
             with torch.no_grad():
-                model(**_hf_inputs(r))
+                model(**_hf_inputs(r, cal.image_token_id))
         finally:
             for h in hooks:
                 h.remove()
@@ -107,7 +107,7 @@ def test_counts_equal_transformers_router_decisions(stats, rendered, hf_models):
     expected = np.zeros((cal.n_layers, 2, cal.n_experts), dtype=np.int64)  # text, vision
     for r in rs:
         with torch.no_grad():
-            out = model(**_hf_inputs(r), output_router_logits=True)
+            out = model(**_hf_inputs(r, cal.image_token_id), output_router_logits=True)
         is_img = torch.from_numpy(r.input_ids == cal.image_token_id)
         for il, logits in enumerate(out.router_logits):
             top = torch.topk(torch.softmax(logits.float(), -1), cal.top_k, dim=-1).indices
@@ -145,7 +145,7 @@ def test_key_token_scores_equal_eager_attention(model_dir, rendered):
     im_start = tok.convert_tokens_to_ids("<|im_start|>")
     r = rs[0]
     with torch.no_grad():
-        attentions = model(**_hf_inputs(r), output_attentions=True).attentions
+        attentions = model(**_hf_inputs(r, cal_eager.image_token_id), output_attentions=True).attentions
     ids = torch.from_numpy(r.input_ids)
     image_mask = ids == cal_eager.image_token_id
     queries = query_positions(ids, image_mask, special, newline, im_start)

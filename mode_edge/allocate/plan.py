@@ -17,8 +17,6 @@ file, never the allocator's internals.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 from gguf import GGMLQuantizationType
 
 from mode_edge.errors import UserError
+from mode_edge.files import read_json, write_json_atomic
 from mode_edge.quant_types import parse_type
 
 SCHEMA = "mode-edge/quant-plan"
@@ -56,10 +55,7 @@ class QuantPlan:
         }
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
+        write_json_atomic(Path(path), self.to_json())
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "plan") -> "QuantPlan":
@@ -84,8 +80,4 @@ class QuantPlan:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"plan {path} does not exist", "write one with `mode-edge plan`")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"plan {path} is not valid JSON ({e})", "regenerate it with `mode-edge plan`") from None
-        return cls.from_json(data, str(path))
+        return cls.from_json(read_json(path, "regenerate it with `mode-edge plan`"), str(path))

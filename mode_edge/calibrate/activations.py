@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mode_edge.files import atomic_path
+
 
 def available_memory() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -69,9 +71,8 @@ class Activations:
     def end_layer(self) -> dict:
         """Make this layer's outputs the next inputs; returns what resume needs to know."""
         if self.mode == "memory":
-            tmp = self.partial / "hidden.pt.tmp"
-            torch.save(self.mem, tmp)
-            tmp.replace(self.partial / "hidden.pt")
+            with atomic_path(self.partial / "hidden.pt") as tmp:
+                torch.save(self.mem, tmp)
             return {"activations": "memory"}
         self.read_slot = 1 - self.read_slot
         return {"activations": "disk", "slot": self.read_slot}

@@ -28,7 +28,8 @@ from mode_edge.quantize.encode import default_threads
 from mode_edge.quantize.imatrix import Imatrix, ImatrixEntry
 from mode_edge.signals.keytokens import key_scores, query_positions, select_key_tokens
 from mode_edge.signals.recorder import KEY, MODALITIES, RED, TEXT, LayerRecorder
-from mode_edge.signals.stats import IMATRIX_FILE, ExpertStats, save_arrays_atomic, write_json_atomic
+from mode_edge.files import write_json_atomic
+from mode_edge.signals.stats import IMATRIX_FILE, ExpertStats, save_arrays_atomic
 from mode_edge_converters import converter_for
 
 PARTIAL = ".partial"
@@ -173,12 +174,12 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
         layer = cal.load_layer(il)
         attn, moe, router, experts = cal.parts(layer)
         seen: dict = {}
-        hooks = [
+        hooks = [  # each hook binds this layer's `seen` (the name is dropped after the layer)
             attn.register_forward_pre_hook(
-                lambda m, a, kw: seen.__setitem__("attn", (kw["hidden_states"], kw["position_embeddings"])),
+                lambda m, a, kw, seen=seen: seen.__setitem__("attn", (kw["hidden_states"], kw["position_embeddings"])),
                 with_kwargs=True),
-            moe.register_forward_pre_hook(lambda m, a: seen.__setitem__("moe_in", a[0])),
-            router.register_forward_hook(lambda m, a, o: seen.__setitem__("router", o)),
+            moe.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("moe_in", a[0])),
+            router.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__("router", o)),
         ]
         rec = LayerRecorder(cal.n_experts, cal.hidden, cal.expert_ff, opts.cap, seed=opts.seed * 100003 + il)
         # statistics are taken on the CPU: a CPU copy of the experts when layers run elsewhere

@@ -21,7 +21,8 @@ from mode_edge.errors import UserError
 from mode_edge.gguf.groups import GROUPS_KEY, GROUPS_VERSION
 from mode_edge.gguf.pack import Packer
 from mode_edge.gguf.precision import PRECISIONS, file_type, precision_plan
-from mode_edge.gguf.writer import OutTensor, gguf_file_size, temp_path, write_gguf
+from mode_edge.files import partial_path
+from mode_edge.gguf.writer import OutTensor, gguf_file_size, write_gguf
 from mode_edge.quant_types import is_quantized
 from mode_edge.quantize.encode import default_threads
 from mode_edge.quantize.imatrix import Imatrix
@@ -48,7 +49,7 @@ def atomic_outputs(out_dir: Path, finals: list[Path]) -> Iterator[list[Path]]:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output path {out_dir} exists and is not a folder", "choose another -o")
     out_dir.mkdir(parents=True, exist_ok=True)
-    temps = [temp_path(f) for f in finals]
+    temps = [partial_path(f) for f in finals]
     try:
         yield temps
         for t, f in zip(temps, finals):
@@ -65,11 +66,18 @@ def _metadata(add: Callable[[GGUFWriter], None], tensors: list[OutTensor], group
     def f(w: GGUFWriter) -> None:
         add(w)
         w.add_file_type(file_type(tensors))
-        if any(is_quantized(t.ggml_type) for t in tensors if t.ggml_type.name != "I32"):
+        if any(is_quantized(t.ggml_type) for t in tensors):
             w.add_quantization_version(GGML_QUANT_VERSION)
         if grouped:
             w.add_uint32(GROUPS_KEY, GROUPS_VERSION)
     return f
+
+
+def _tensors(conv, packer: Packer) -> tuple[list[OutTensor], bool, list[OutTensor]]:
+    """Text tensors, whether they use expert groups, mmproj tensors (types resolved, no data)."""
+    text = packer.tensors(conv.text_tensors())
+    grouped = packer.grouped
+    return text, grouped, packer.tensors(conv.mmproj_tensors(), mmproj=True)
 
 
 def export_model(model_dir: Path, out_dir: Path, precision: str | None = "f16", *,
@@ -83,13 +91,10 @@ def export_model(model_dir: Path, out_dir: Path, precision: str | None = "f16", 
             raise UserError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
         plan, label = precision_plan(precision), label or precision
     start = time.perf_counter()
-    ckpt = Checkpoint(model_dir)
-    conv = converter_for(ckpt)
+    conv = converter_for(Checkpoint(model_dir))
     packer = Packer(plan, imatrix, n_threads or default_threads())
     try:
-        text_tensors = packer.tensors(conv.text_tensors())
-        grouped = packer.grouped
-        mm_tensors = packer.tensors(conv.mmproj_tensors(), mmproj=True)
+        text_tensors, grouped, mm_tensors = _tensors(conv, packer)
         if on_plan is not None:
             on_plan(sum(t.nbytes for t in text_tensors + mm_tensors))
         text_path, mm_path = output_paths(Path(out_dir), conv.model_name, label or plan.method,
@@ -109,9 +114,7 @@ def planned_sizes(model_dir: Path, plan: QuantPlan, imatrix: Imatrix | None = No
     conv = converter_for(Checkpoint(model_dir))
     packer = Packer(plan, imatrix, 1)
     try:
-        text = packer.tensors(conv.text_tensors())
-        grouped = packer.grouped
-        mm = packer.tensors(conv.mmproj_tensors(), mmproj=True)
+        text, grouped, mm = _tensors(conv, packer)
     finally:
         packer.close()
     return (gguf_file_size(conv.arch, _metadata(conv.add_text_metadata, text, grouped), text),

@@ -63,10 +63,13 @@ class Packer:
             return None
         return self.imatrix.for_tensor(spec.name, max(1, spec.n_expert), spec.row_size)
 
-    def _expert_loader(self, spec: TensorSpec):
+    @staticmethod
+    def _expert_loader(spec: TensorSpec):
+        """Per-expert reads where the converter offers them; else the whole tensor, once."""
         if spec.load_expert is not None:
             return spec.load_expert
-        return lambda e: spec.load()[e]
+        whole = spec.load()
+        return lambda e: whole[e]
 
     def _check_imatrix(self, spec: TensorSpec, types: list[T]) -> None:
         needy = sorted({t.name for t in types if requires_imatrix(t)})
@@ -105,10 +108,6 @@ class Packer:
             data = spec.load()
             if tuple(data.shape) != spec.shape:
                 raise RuntimeError(f"{spec.name}: loaded shape {data.shape}, expected {spec.shape}")
-            if len(spec.shape) > 2:  # conv kernels and the like: stored as they are
-                flat = data.reshape(-1, spec.shape[-1])
-            else:
-                flat = data
             imp = self._importance(spec)
-            return encode_rows_parallel(t, flat, imp[0] if imp is not None else None, self.pool, self.n_threads)
+            return encode_rows_parallel(t, data, imp[0] if imp is not None else None, self.pool, self.n_threads)
         return produce

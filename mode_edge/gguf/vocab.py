@@ -8,12 +8,12 @@ than a file that tokenizes wrongly.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from gguf import GGUFWriter, TokenType
 
 from mode_edge.errors import UserError
+from mode_edge.files import read_json
 
 # tokenizer.json Split regex -> llama.cpp pre-tokenizer name
 KNOWN_PRE_TOKENIZERS = {
@@ -61,7 +61,7 @@ def read_chat_template(model_dir: Path, tok_config: dict) -> str | None:
         return jinja.read_text()
     js = model_dir / "chat_template.json"
     if js.is_file():
-        return json.loads(js.read_text()).get("chat_template")
+        return read_json(js, "re-download chat_template.json").get("chat_template")
     return None
 
 
@@ -74,15 +74,12 @@ def add_bpe_vocab(w: GGUFWriter, model_dir: Path, n_vocab: int) -> None:
     tj_path = model_dir / "tokenizer.json"
     if not tj_path.is_file():
         raise UserError(f"no tokenizer.json in {model_dir}", "download the tokenizer files with the model")
-    try:
-        tj = json.loads(tj_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{tj_path} is not valid JSON ({e})", "re-download tokenizer.json") from None
+    tj = read_json(tj_path, "re-download tokenizer.json")
     model = tj.get("model", {})
     if model.get("type") != "BPE":
         raise UserError(f"tokenizer model {model.get('type')!r} is not supported", "only byte-level BPE tokenizers convert")
     tok_config_path = model_dir / "tokenizer_config.json"
-    tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
+    tok_config = read_json(tok_config_path, "re-download tokenizer_config.json") if tok_config_path.is_file() else {}
 
     vocab: dict[str, int] = dict(model["vocab"])
     added = {t["content"]: t for t in tj.get("added_tokens", [])}

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from mode_edge.quant_types import row_bytes
 
 
 def tensor_nbytes(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> int:
-    block, type_size = GGML_QUANT_SIZES[ggml_type]
-    n = int(np.prod(shape))
-    if shape[-1] % block:
-        raise ValueError(f"row length {shape[-1]} is not a multiple of {ggml_type.name}'s block {block}")
-    return n // block * type_size
+    return int(np.prod(shape[:-1], dtype=np.int64)) * row_bytes(ggml_type, shape[-1])
 
 
 @dataclass
@@ -38,10 +36,6 @@ class OutTensor:
     @property
     def nbytes(self) -> int:
         return tensor_nbytes(self.shape, self.ggml_type)
-
-
-def temp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial-{os.getpid()}")
 
 
 def _start(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None], tensors: list[OutTensor]) -> GGUFWriter:

@@ -15,6 +15,7 @@ import numpy as np
 from gguf import GGUFReader, GGUFWriter
 
 from mode_edge.errors import UserError
+from mode_edge.files import atomic_path
 
 
 @dataclass
@@ -48,8 +49,10 @@ class Imatrix:
         return e.importance()
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial")
+        with atomic_path(Path(path)) as tmp:
+            self._write(tmp)
+
+    def _write(self, tmp: Path) -> None:
         w = GGUFWriter(tmp, "imatrix")
         w.add_type("imatrix")
         w.add_array("imatrix.datasets", self.datasets or ["mode-edge"])
@@ -63,7 +66,6 @@ class Imatrix:
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> "Imatrix":

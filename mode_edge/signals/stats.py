@@ -16,8 +16,6 @@ Modalities are ("text", "vision_key", "vision_red"); vision = key + redundant.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mode_edge.errors import UserError
+from mode_edge.files import atomic_path, read_json, write_json_atomic
 
 SCHEMA = "mode-edge/expert-stats"
 VERSION = 1
@@ -33,18 +32,11 @@ MANIFEST_FILE = "manifest.json"
 IMATRIX_FILE = "imatrix.gguf"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
 def save_arrays_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    save_file({k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())}, str(tmp))
 
 
 @dataclass
@@ -71,7 +63,7 @@ class ExpertStats:
         if not mpath.is_file() or not (stats_dir / ARRAYS_FILE).is_file():
             raise UserError(f"{stats_dir} holds no finished expert statistics",
                             "run `mode-edge calibrate` (an interrupted run resumes when rerun)")
-        manifest = json.loads(mpath.read_text())
+        manifest = read_json(mpath, "re-run `mode-edge calibrate`")
         if manifest.get("schema") != SCHEMA or manifest.get("version") != VERSION:
             raise UserError(f"{mpath} is not expert-stats version {VERSION}", "re-run `mode-edge calibrate`")
         layers: dict[int, dict[str, np.ndarray]] = {}
