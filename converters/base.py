@@ -42,6 +42,10 @@ class ArchConverter(ABC):
     @abstractmethod
     def mmproj_tensors(self) -> list[TensorSpec]: ...
 
+    def kv_cache_bytes(self, n_ctx: int) -> int:
+        """Bytes llama.cpp's default (F16) KV cache takes for n_ctx tokens (budget reserve)."""
+        raise NotImplementedError(f"no KV-cache size for {self.arch}")
+
     def calibration(self, **kwargs):
         """The object that runs this architecture layer by layer for calibration."""
         raise NotImplementedError(f"calibration is not implemented for {self.arch}")

@@ -214,6 +214,10 @@ class Qwen3VLMoeConverter(ArchConverter):
 
         return sorted(specs, key=key)
 
+    def kv_cache_bytes(self, n_ctx: int) -> int:
+        n_kv = int(self.text.get("num_key_value_heads", self.n_head))
+        return self.n_layer * n_ctx * 2 * n_kv * self.head_dim * 2  # K and V, F16
+
     def calibration(self, **kwargs) -> "Qwen3VLMoeCalibration":
         return Qwen3VLMoeCalibration(self, **kwargs)
 
@@ -303,6 +307,25 @@ class Qwen3VLMoeConverter(ArchConverter):
 # -- calibration: where the HF module tree keeps what MODE measures ------------------------
 
 
+def render_chat(tokenizer, image_processor, merge: int, prompt: str, image=None, system: str | None = None):
+    """One user turn (system / image / prompt) through the model's chat template and image
+    processor, ending with the generation prompt; <|image_pad|> is expanded to one token per
+    merged patch (what Qwen3VLProcessor does, without needing torchvision)."""
+    from mode_edge.calibrate.data import Rendered
+
+    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": prompt}]
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    pixel_values = grid = None
+    if image is not None:
+        out = image_processor(images=[image], return_tensors="np")
+        pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
+        n = int(np.prod(grid[0])) // merge ** 2
+        text = text.replace("<|image_pad|>", "<|image_pad|>" * n, 1)
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    return Rendered(ids, pixel_values, grid)
+
+
 class Qwen3VLMoeCalibration:
     """Runs Qwen3-VL-MoE layer by layer from safetensors, through transformers' own modules.
 
@@ -337,20 +360,7 @@ class Qwen3VLMoeCalibration:
 
     # rendering
     def render(self, sample, image) -> "object":
-        from mode_edge.calibrate.data import Rendered
-
-        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": sample.prompt}]
-        messages = ([{"role": "system", "content": sample.system}] if sample.system else []) + \
-            [{"role": "user", "content": content}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        pixel_values = grid = None
-        if image is not None:
-            out = self.image_processor(images=[image], return_tensors="np")
-            pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
-            n = int(np.prod(grid[0])) // self.merge ** 2
-            text = text.replace("<|image_pad|>", "<|image_pad|>" * n, 1)
-        ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-        return Rendered(ids, pixel_values, grid)
+        return render_chat(self.tokenizer, self.image_processor, self.merge, sample.prompt, image, sample.system)
 
     def special_ids(self) -> set[int]:
         return {int(i) for i in self.tokenizer.all_special_ids} | {

@@ -27,7 +27,7 @@ from mode_edge.quant_types import LADDER
 from mode_edge.quantize.encode import default_threads
 from mode_edge.quantize.imatrix import Imatrix, ImatrixEntry
 from mode_edge.signals.keytokens import key_scores, query_positions, select_key_tokens
-from mode_edge.signals.recorder import KEY, MODALITIES, RED, TEXT, LayerRecorder
+from mode_edge.signals.recorder import KEY, MODALITIES, RED, SENS_MODALITIES, TEXT, LayerRecorder
 from mode_edge.files import write_json_atomic
 from mode_edge.signals.stats import IMATRIX_FILE, ExpertStats, save_arrays_atomic
 from mode_edge_converters import converter_for
@@ -228,7 +228,7 @@ def _finish(out_dir: Path, partial: Path, cal, conv, identity: dict, rendered, t
         **identity, "n_layers": cal.n_layers, "n_experts": cal.n_experts, "top_k": cal.top_k,
         "hidden": cal.hidden, "expert_ff": cal.expert_ff, "modalities": list(MODALITIES),
         "types": [t.name for t in types], "sensitivity_axes": ["all", "gate", "up", "down"],
-        "sensitivity_modalities": ["text", "vision_key"],
+        "sensitivity_modalities": list(SENS_MODALITIES),
         "tokens": {"total": n_tok, "image": n_img, "text": n_tok - n_img},
         "gguf_names": {str(il): list(cal.gguf_expert_names(il)) for il in range(cal.n_layers)},
     }

@@ -21,6 +21,8 @@ MODALITIES = ("text", "vision_key", "vision_red")
 TEXT, KEY, RED = 0, 1, 2
 # token caches for sensitivity (per modality) and for the Hessian (all routed tokens)
 CACHES = ("text", "vision_key", "all")
+# sensitivity per cache: MODE uses text and key vision; pooled methods (MC-MoE, VEQ) use all
+SENS_MODALITIES = CACHES
 
 
 class BottomK:
@@ -128,13 +130,13 @@ class LayerRecorder:
 
     def finish(self, experts_fn, types, probes: int, n_threads: int = 1) -> dict[str, np.ndarray]:
         imp_in, imp_mid = self.importance()
-        sens = np.zeros((self.E, 4, len(types), 2), dtype=np.float64)
+        sens = np.zeros((self.E, 4, len(types), len(SENS_MODALITIES)), dtype=np.float64)
         hess = np.zeros((self.E, 3), dtype=np.float64)
 
         def one(e: int) -> None:
             wg, wu, wd, act = experts_fn(e)
             with torch.no_grad():
-                inputs = [self.caches[(c, e)].rows for c in ("text", "vision_key")]
+                inputs = [self.caches[(c, e)].rows for c in SENS_MODALITIES]
                 sens[e] = expert_sensitivity(wg, wu, wd, act, inputs, types, imp_in[e], imp_mid[e])
 
         # ggml's quantizer drops the GIL, so experts overlap
@@ -153,4 +155,4 @@ class LayerRecorder:
         }
 
 
-__all__ = ["LayerRecorder", "MODALITIES", "expert_forward"]
+__all__ = ["LayerRecorder", "MODALITIES", "SENS_MODALITIES", "expert_forward"]

@@ -6,7 +6,8 @@
         layer.{l}.weight_sums   float64 [3, E]            summed routing weights by modality
         layer.{l}.in_sq         float32 [3, 2, E, H]      sum x^2 of gate/up inputs (plain, weighted)
         layer.{l}.mid_sq        float32 [3, 2, E, I]      sum x^2 of down inputs (plain, weighted)
-        layer.{l}.sensitivity   float64 [E, 4, n_types, 2] MSE (all/gate/up/down quantized) x (text, vision_key)
+        layer.{l}.sensitivity   float64 [E, 4, n_types, 3] MSE (all/gate/up/down quantized) x
+                                                          (text, vision_key, all routed tokens)
         layer.{l}.hessian_trace float64 [E, 3]            Hutchinson tr(H) of gate, up, down
         layer.{l}.key_tokens    int64   [2]               key image tokens, all image tokens
     STATS_DIR/imatrix.gguf            plain importance matrix (llama.cpp format) for pack
@@ -26,7 +27,7 @@ from mode_edge.errors import UserError
 from mode_edge.files import atomic_path, read_json, write_json_atomic
 
 SCHEMA = "mode-edge/expert-stats"
-VERSION = 1
+VERSION = 2
 ARRAYS_FILE = "expert_stats.safetensors"
 MANIFEST_FILE = "manifest.json"
 IMATRIX_FILE = "imatrix.gguf"

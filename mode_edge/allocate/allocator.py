@@ -1,0 +1,280 @@
+"""ExpertStats + a budget + a method -> QuantPlan, with exact byte accounting.
+
+Items are what gets one type: an expert (gate, up and down together), an expert's single
+projection (`split_projections`), or a whole expert tensor (`granularity="tensor"`: stock
+llama.cpp runs the result). Everything that is not a routed expert has a fixed type; its
+bytes, the GGUF headers and alignment are measured on the real serialised headers, so the
+plan's total is the size of the files pack writes. Expert groups add a little header per
+group, which is only known once the types are; the loop below solves, measures the exact
+size, and shrinks the expert capacity by any excess until the files fit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from mode_edge.allocate.budget import Budget
+from mode_edge.allocate.ilp import solve
+from mode_edge.allocate.layout import ExpertTensor, ModelLayout
+from mode_edge.allocate.methods import get_method
+from mode_edge.allocate.importance import method_imatrix
+from mode_edge.allocate.methods.base import Assignment, Context, LayerStats, Method
+from mode_edge.allocate.methods.veq import gamma as veq_gamma
+from mode_edge.allocate.plan import QuantPlan
+from mode_edge.errors import UserError
+from mode_edge.gguf.tensors import Role
+from mode_edge.quant_types import LADDER, bits_per_weight, parse_type
+from mode_edge.quantize.ggml_lib import requires_imatrix
+from mode_edge.quantize.imatrix import Imatrix
+from mode_edge.signals.stats import ExpertStats
+
+T = GGMLQuantizationType
+GRANULARITIES = ("expert", "tensor")
+
+
+@dataclass
+class AllocOptions:
+    method: str = "mode"
+    granularity: str = "expert"
+    split_projections: bool = False     # expert granularity: a type per projection
+    per_layer: bool = False             # the paper's per-layer average-bits constraint
+    types: list[str] | None = None      # candidates (default: the types calibration measured)
+    floor: str | None = None
+    ceiling: str | None = None
+    other: str = "Q8_0"                 # non-expert text matrices
+    attn: str | None = None             # attention matrices (default: `other`)
+    mmproj: str = "F16"
+    context: int = 0                    # KV-cache tokens to reserve in a byte budget
+    method_options: dict[str, Any] = field(default_factory=dict)
+    time_limit: float | None = 60.0
+
+
+@dataclass
+class Items:
+    keys: list[tuple[int, int, tuple[int, ...]]]   # (layer, expert or -1 for all, projections)
+    sizes: np.ndarray                              # [n, k] bytes per candidate type
+    params: np.ndarray                             # [n] weights
+    layer_of: np.ndarray                           # [n]
+    cost: np.ndarray | None                        # [n, k] method cost (ILP methods)
+    scores: np.ndarray                             # [n] method score (assignment methods)
+
+
+@dataclass
+class Allocation:
+    plan: QuantPlan
+    text_bytes: int
+    mmproj_bytes: int
+    reserve_bytes: int
+    expert_bytes: int
+    expert_params: int
+    items: Items
+    choice: np.ndarray
+    candidates: list[T]
+    status: str
+    gap: float | None
+    seconds: float
+    notes: list[str]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.text_bytes + self.mmproj_bytes + self.reserve_bytes
+
+    @property
+    def expert_bpw(self) -> float:
+        return 8.0 * self.expert_bytes / max(1, self.expert_params)
+
+
+def _candidates(opts: AllocOptions, stats: ExpertStats, method: Method) -> tuple[list[T], list[int]]:
+    measured = [parse_type(t) for t in stats.types]
+    cands = [parse_type(t) for t in opts.types] if opts.types else (measured if method.needs_sensitivity
+                                                                    else measured or list(LADDER))
+    lo = bits_per_weight(parse_type(opts.floor)) if opts.floor else 0.0
+    hi = bits_per_weight(parse_type(opts.ceiling)) if opts.ceiling else 99.0
+    cands = sorted({t for t in cands if lo <= bits_per_weight(t) <= hi}, key=bits_per_weight)
+    if not cands:
+        raise UserError("no candidate type is left between the floor and the ceiling", "widen --floor/--ceiling")
+    cols = []
+    if method.needs_sensitivity:
+        missing = [t.name for t in cands if t.name not in stats.types]
+        if missing:
+            raise UserError(f"method {method.name} needs the sensitivity of {', '.join(missing)}, "
+                            f"which calibration did not measure (it measured {', '.join(stats.types)})",
+                            "re-run `mode-edge calibrate --types` with them, or choose --types among the measured")
+        cols = [stats.types.index(t.name) for t in cands]
+    return cands, cols
+
+
+def _layer_stats(stats: ExpertStats, layer: int) -> LayerStats:
+    d = stats.layers[layer]
+    return LayerStats(layer, d["counts"], d["weight_sums"], d["sensitivity"], d["hessian_trace"])
+
+
+def build_items(stats: ExpertStats, tensors: dict[tuple[int, int], ExpertTensor], method: Method,
+                cands: list[T], cols: list[int], ctx: Context, opts: AllocOptions) -> Items:
+    keys, sizes, params, layers, costs, scores = [], [], [], [], [], []
+    use_cost = method.needs_sensitivity
+    for layer in sorted(stats.layers):
+        ls = _layer_stats(stats, layer)
+        ts = [tensors[layer, p] for p in range(3)]
+        bytes_ = np.array([[t.expert_bytes(c) for c in cands] for t in ts], dtype=np.int64)  # [3, k]
+        E = ts[0].n_expert
+        if opts.granularity == "tensor":
+            for p in range(3):
+                keys.append((layer, -1, (p,)))
+                sizes.append(E * bytes_[p])
+                params.append(E * ts[p].params)
+                layers.append(layer)
+                costs.append(method.cost(ls, 1 + p, ctx)[:, cols].sum(0) if use_cost else None)
+                scores.append(float(method.score(ls, p, ctx).sum()) if not use_cost else 0.0)
+            continue
+        groups = [(0, 1, 2)] if not opts.split_projections else [(0,), (1,), (2,)]
+        for projs in groups:
+            axis = 0 if len(projs) == 3 else 1 + projs[0]
+            c = method.cost(ls, axis, ctx)[:, cols] if use_cost else None
+            s = method.score(ls, None if len(projs) == 3 else projs[0], ctx) if not use_cost else None
+            for e in range(E):
+                keys.append((layer, e, projs))
+                sizes.append(bytes_[list(projs)].sum(0))
+                params.append(sum(ts[p].params for p in projs))
+                layers.append(layer)
+                costs.append(c[e] if c is not None else None)
+                scores.append(float(s[e]) if s is not None else 0.0)
+    cost = np.array(costs, dtype=np.float64) if use_cost else None
+    if cost is not None:
+        if not np.isfinite(cost).all():
+            raise UserError("the statistics hold non-finite values", "re-run `mode-edge calibrate`")
+        # ties (experts that saw no tokens cost 0 at every type) go to the larger type when bytes allow
+        tau = 1e-9 * max(float(cost.max()), 1e-30)
+        cost = cost + tau * np.arange(len(cands))[::-1][None, :] / len(cands)
+    return Items(keys, np.array(sizes, dtype=np.int64), np.array(params, dtype=np.int64),
+                 np.array(layers), cost, np.array(scores, dtype=np.float64))
+
+
+def _plan(items: Items, choice: np.ndarray, cands: list[T], tensors: dict[tuple[int, int], ExpertTensor],
+          layout: ModelLayout, opts: AllocOptions, method: str, stats: ExpertStats, budget: Budget) -> QuantPlan:
+    per_tensor: dict[str, list[T]] = {t.name: [cands[0]] * t.n_expert for t in tensors.values()}
+    for (layer, e, projs), c in zip(items.keys, choice):
+        for p in projs:
+            t = tensors[layer, p]
+            if e < 0:
+                per_tensor[t.name] = [cands[c]] * t.n_expert
+            else:
+                per_tensor[t.name][e] = cands[c]
+    plan = QuantPlan(method=method, model=stats.manifest.get("model_name"), budget_bytes=budget.bytes,
+                     default=parse_type(opts.other), mmproj=parse_type(opts.mmproj))
+    if opts.attn:
+        for name, role in layout.other_roles.items():
+            if role == Role.ATTN:
+                plan.tensors[name] = parse_type(opts.attn)
+    for name, types in per_tensor.items():
+        plan.tensors[name] = types[0] if len(set(types)) == 1 else types
+    return plan
+
+
+def _check_fixed_types(opts: AllocOptions) -> None:
+    for flag, name in (("--other", opts.other), ("--attn-type", opts.attn), ("--mmproj-type", opts.mmproj)):
+        if name and requires_imatrix(parse_type(name)):
+            raise UserError(f"{flag} {name} needs an importance matrix, and calibration measures one only for the "
+                            "routed experts", f"choose a type >= Q2_K for {flag}")
+
+
+def _method_options(stats: ExpertStats, opts: AllocOptions) -> dict[str, Any]:
+    measured = {"measured_gamma": stats.manifest["gamma"]} if "gamma" in stats.manifest else {}
+    return {**measured, **opts.method_options}
+
+
+def method_importance(stats: ExpertStats, opts: AllocOptions) -> Imatrix:
+    """The importance matrix pack should quantize this plan with (the method's own weighting)."""
+    return method_imatrix(stats, get_method(opts.method).importance, veq_gamma(_method_options(stats, opts)))
+
+
+def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOptions) -> Allocation:
+    t0 = time.perf_counter()
+    if opts.granularity not in GRANULARITIES:
+        raise UserError(f"unknown granularity {opts.granularity!r}", "use expert or tensor")
+    _check_fixed_types(opts)
+    method = get_method(opts.method)
+    layout = ModelLayout(model_dir)
+    tensors = layout.expert_tensors(stats.manifest["gguf_names"])
+    cands, cols = _candidates(opts, stats, method)
+    ctx = Context(hidden=int(stats.manifest["hidden"]), tokens=dict(stats.manifest.get("tokens") or {}),
+                  options=_method_options(stats, opts))
+    items = build_items(stats, tensors, method, cands, cols, ctx, opts)
+    n = len(items.keys)
+    rows = np.arange(n)
+    reserve = layout.kv_cache_bytes(opts.context) if budget.bytes is not None else 0
+
+    base = _plan(items, np.zeros(n, dtype=np.int64), cands, tensors, layout, opts, method.name, stats, budget)
+    fixed = sum(layout.file_bytes(base)) - int(items.sizes[:, 0].sum())
+    smallest = int(items.sizes.min(axis=1).sum())
+    if budget.bytes is not None:
+        capacity = budget.bytes - reserve - fixed
+        if smallest > capacity:
+            need = fixed + smallest + reserve
+            raise UserError(
+                f"budget {budget.bytes:,} bytes is below the smallest file these options allow, {need:,} bytes "
+                f"(routed experts at {cands[0].name}: {smallest:,}; everything else at --other {opts.other} / "
+                f"--mmproj-type {opts.mmproj}, with headers: {fixed:,}; KV reserve: {reserve:,})",
+                f"raise --budget to at least {need:,} bytes ({need / 1e9:.3g} GB) or choose smaller types")
+    else:
+        capacity = int(budget.bpw / 8.0 * int(items.params.sum()))
+        if smallest > capacity:
+            need = 8.0 * smallest / int(items.params.sum())
+            raise UserError(f"{budget.bpw:g} bits per expert weight is below the smallest candidate, "
+                            f"{need:.3f} ({cands[0].name})", f"raise --budget to at least {need:.3f}bpw")
+
+    groups = None
+    if opts.per_layer:
+        total_params = int(items.params.sum())
+        groups = [(np.nonzero(items.layer_of == layer)[0], 0.0, items.sizes) for layer in np.unique(items.layer_of)]
+
+    def layer_groups(cap: int):
+        if groups is None:
+            return None
+        return [(idx, cap * int(items.params[idx].sum()) / total_params, w) for idx, _, w in groups]
+
+    notes: list[str] = []
+    for _ in range(8):
+        grp = layer_groups(capacity)
+
+        def fits(choice: np.ndarray, cap=capacity, grp=grp) -> bool:
+            if int(items.sizes[rows, choice].sum()) > cap:
+                return False
+            return all(items.sizes[idx, choice[idx]].sum() <= gcap for idx, gcap, _ in grp or [])
+
+        ctx.notes.clear()
+        choice = method.assign(Assignment(items.sizes, capacity, items.scores, items.layer_of, fits), ctx)
+        if choice is not None:
+            if not fits(choice):
+                raise UserError(f"no assignment of method {method.name} fits the budget",
+                                "raise --budget or allow smaller types")
+            status, gap = "assigned", None
+        else:
+            sol = solve(items.cost, items.sizes, capacity, groups=grp, time_limit=opts.time_limit)
+            choice, status, gap = sol.choice, sol.status, sol.gap
+        plan = _plan(items, choice, cands, tensors, layout, opts, method.name, stats, budget)
+        text_b, mm_b = layout.file_bytes(plan)
+        if budget.bytes is None or text_b + mm_b + reserve <= budget.bytes:
+            break
+        capacity -= text_b + mm_b + reserve - budget.bytes   # expert-group headers: shrink and solve again
+    else:
+        raise UserError("could not fit the expert-group headers into the budget", "raise --budget slightly")
+    notes.extend(ctx.notes)
+    expert_bytes = int(items.sizes[rows, choice].sum())
+    plan.extra = {
+        "granularity": opts.granularity + ("/projection" if opts.split_projections else ""),
+        "per_layer_bits": opts.per_layer, **({"budget_bpw": budget.bpw} if budget.bpw is not None else {}), "candidates": [t.name for t in cands],
+        "planned_bytes": {"text": text_b, "mmproj": mm_b, "kv_reserve": reserve},
+        "routed_expert_bytes": expert_bytes, "routed_expert_bpw": round(8.0 * expert_bytes / int(items.params.sum()), 4),
+        "solver": {"status": status, "gap": gap}, "stats_data": stats.manifest.get("data"),
+        **({"notes": notes} if notes else {}),
+    }
+    return Allocation(plan, text_b, mm_b, reserve, expert_bytes, int(items.params.sum()), items, choice, cands,
+                      status, gap, time.perf_counter() - t0, notes)
+

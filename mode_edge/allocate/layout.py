@@ -1,0 +1,91 @@
+"""What the budget pays for: every tensor of both output files, from the model's shapes.
+
+Routed-expert tensors are what the allocator decides; everything else (attention, shared
+experts, embeddings, output, norms, router, the whole mmproj) has a type fixed by the user,
+and its bytes, with the GGUF headers and alignment, are measured exactly by serialising the
+real headers (mode_edge.gguf.export.planned_sizes), never estimated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import GGMLQuantizationType
+
+from mode_edge.allocate.plan import QuantPlan
+from mode_edge.checkpoint import Checkpoint
+from mode_edge.errors import UserError
+from mode_edge.gguf.tensors import Role
+from mode_edge.quant_types import fallback, row_bytes
+from mode_edge_converters import converter_for
+
+T = GGMLQuantizationType
+
+
+@dataclass(frozen=True)
+class ExpertTensor:
+    name: str
+    layer: int
+    proj: int          # 0 gate, 1 up, 2 down
+    n_expert: int
+    rows: int          # output rows per expert
+    row_size: int      # input width (the quantizer's row length)
+
+    def expert_bytes(self, t: T) -> int:
+        """One expert's bytes when stored as t (after llama.cpp's fallback for its rows)."""
+        return self.rows * row_bytes(fallback(t, self.row_size), self.row_size)
+
+    @property
+    def params(self) -> int:
+        return self.rows * self.row_size
+
+
+class ModelLayout:
+    def __init__(self, model_dir: Path):
+        self.model_dir = Path(model_dir)
+        self.conv = converter_for(Checkpoint(self.model_dir))
+        self.text_specs = self.conv.text_tensors()
+        self.other_roles = {s.name: s.role for s in self.text_specs if s.role != Role.EXPERT}
+
+    def expert_tensors(self, gguf_names: dict[str, list[str]]) -> dict[tuple[int, int], ExpertTensor]:
+        """(layer, projection) -> tensor, checked against the names calibration recorded."""
+        specs = {s.name: s for s in self.text_specs if s.role == Role.EXPERT}
+        out = {}
+        for layer, names in gguf_names.items():
+            for proj, name in enumerate(names):
+                spec = specs.get(name)
+                if spec is None:
+                    raise UserError(f"the statistics name expert tensor {name}, which this model does not have",
+                                    "calibrate this model (the statistics belong to another one)")
+                out[int(layer), proj] = ExpertTensor(name, int(layer), proj, spec.n_expert, spec.shape[1],
+                                                     spec.shape[2])
+        missing = sorted(set(specs) - {t.name for t in out.values()})
+        if missing:
+            raise UserError(f"the statistics have no data for {missing[0]} ({len(missing)} expert tensors)",
+                            "re-run `mode-edge calibrate` on this model")
+        return out
+
+    def file_bytes(self, plan: QuantPlan) -> tuple[int, int]:
+        """Exact sizes of the text and mmproj files `pack` writes for this plan."""
+        from mode_edge.gguf.export import planned_sizes
+
+        return planned_sizes(self.model_dir, plan, _AnyImatrix())
+
+    def kv_cache_bytes(self, n_ctx: int) -> int:
+        if n_ctx <= 0:
+            return 0
+        try:
+            return self.conv.kv_cache_bytes(n_ctx)
+        except NotImplementedError as e:
+            raise UserError(str(e), "leave out --context") from None
+
+
+class _AnyImatrix:
+    """Stands in for the plan's importance matrix when only sizes are wanted (importance
+    changes bytes nowhere; the packer only checks that IQ types have one)."""
+
+    def for_tensor(self, name: str, n_expert: int, n_in: int):
+        import numpy as np
+
+        return np.ones((n_expert, n_in), dtype=np.float32)

@@ -1,0 +1,72 @@
+"""`hessian`: MoPEQ (arXiv 2509.02512): Hessian-trace importance, k-means bit classes.
+
+Each item's score is the Hutchinson trace of its Hessian (summed over gate, up and down for a
+whole expert). The scores are clustered by 1-D k-means (k classes, default 3 as the paper's
+{2,3,4} bits) within each layer ("layer", default) or over the whole model ("model"); clusters
+map to types by score order. Of all maps from classes to strictly increasing candidate types,
+the one with the most bytes that still fits the budget is taken (default of METHODS.md).
+Frequency plays no part, as in the paper.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from mode_edge.allocate.methods.base import Assignment, Context, LayerStats, Method
+
+
+def kmeans_1d(x: np.ndarray, k: int, iters: int = 100) -> np.ndarray:
+    """Cluster labels 0..k'-1 ordered by centre (k' <= k when there are fewer distinct values)."""
+    x = np.asarray(x, dtype=np.float64)
+    k = max(1, min(k, len(np.unique(x))))
+    centres = np.quantile(x, (np.arange(k) + 0.5) / k)
+    labels = np.zeros(len(x), dtype=np.int64)
+    for _ in range(iters):
+        labels = np.abs(x[:, None] - centres[None, :]).argmin(axis=1)
+        new = np.array([x[labels == c].mean() if (labels == c).any() else centres[c] for c in range(k)])
+        if np.allclose(new, centres, rtol=0, atol=0):
+            break
+        centres = new
+    order = np.argsort(np.argsort(centres))   # rank of each centre
+    return order[labels]
+
+
+class Hessian(Method):
+    name = "hessian"
+    summary = "MoPEQ: Hessian-trace k-means classes mapped to types to fit the budget"
+    needs_sensitivity = False
+
+    def score(self, ls: LayerStats, proj: int | None, ctx: Context) -> np.ndarray:
+        return ls.hessian.sum(axis=1) if proj is None else ls.hessian[:, proj]
+
+    def assign(self, a: Assignment, ctx: Context) -> np.ndarray | None:
+        k = int(ctx.options.get("hessian_classes", 3))
+        scope = ctx.options.get("hessian_scope", "layer")
+        labels = np.zeros(len(a.scores), dtype=np.int64)
+        if scope == "model":
+            labels = kmeans_1d(a.scores, k)
+        else:
+            for layer in np.unique(a.layer_of):
+                sel = a.layer_of == layer
+                labels[sel] = kmeans_1d(a.scores[sel], k)
+        n_classes = int(labels.max()) + 1
+        n_types = a.sizes.shape[1]
+        rows = np.arange(len(labels))
+        best, best_key = None, None
+        for strict in (True, False):
+            maps = (itertools.combinations(range(n_types), n_classes) if strict
+                    else itertools.combinations_with_replacement(range(n_types), n_classes))
+            for m in maps:
+                choice = np.asarray(m, dtype=np.int64)[labels]
+                if not a.fits(choice):
+                    continue
+                key = (int(a.sizes[rows, choice].sum()), m[::-1])
+                if best_key is None or key > best_key:
+                    best, best_key = choice, key
+            if best is not None:
+                ctx.notes.append(f"{scope}-wise k-means, {n_classes} classes -> "
+                                 f"types {sorted(set(int(c) for c in best))}")
+                return best
+        return np.zeros(len(labels), dtype=np.int64)

@@ -1,0 +1,74 @@
+"""`mode` (DESIGN.md, arXiv 2606.17118) and the ablations that remove one ingredient each.
+
+mode:            f_t(e) * d_T(e, b) + f_v(e) * d_V(e, b); f normalised per layer and modality,
+                 vision counted over the key (attention-selected) image tokens only
+mode-text:       f_t(e) * d_T(e, b) only (text frequency; vision ignored)
+mode-pooled:     f(e) * d_all(e, b) with f the pooled share over all tokens
+                 (no modality decomposition, no denoising)
+mode-allvision:  like mode, but vision counted over every image token (no denoising)
+mode-nosens:     like mode, but d replaced by the layer's mean error of each type
+                 (frequencies only: what the per-expert sensitivity adds)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mode_edge.allocate.methods.base import (KEY, RED, S_ALL, S_KEY, S_TEXT, TEXT, Context, LayerStats, Method,
+                                             normalised)
+
+
+class Mode(Method):
+    name = "mode"
+    summary = "MODE: per-modality frequency (key vision tokens) x per-modality real-type error"
+    importance = "balanced"
+
+    def vision_counts(self, ls: LayerStats) -> np.ndarray:
+        return ls.counts[KEY]
+
+    def deltas(self, ls: LayerStats, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        return ls.sensitivity[:, axis, :, S_TEXT], ls.sensitivity[:, axis, :, S_KEY]
+
+    def cost(self, ls: LayerStats, axis: int, ctx: Context) -> np.ndarray:
+        f_t, f_v = normalised(ls.counts[TEXT]), normalised(self.vision_counts(ls))
+        d_t, d_v = self.deltas(ls, axis)
+        return f_t[:, None] * d_t + f_v[:, None] * d_v
+
+
+class ModeText(Mode):
+    name = "mode-text"
+    summary = "ablation: text frequency x text error only"
+
+    def cost(self, ls: LayerStats, axis: int, ctx: Context) -> np.ndarray:
+        return normalised(ls.counts[TEXT])[:, None] * ls.sensitivity[:, axis, :, S_TEXT]
+
+
+class ModePooled(Mode):
+    name = "mode-pooled"
+    summary = "ablation: pooled frequency x pooled error (no decomposition, no denoising)"
+    importance = "plain"
+
+    def cost(self, ls: LayerStats, axis: int, ctx: Context) -> np.ndarray:
+        return normalised(ls.counts.sum(0))[:, None] * ls.sensitivity[:, axis, :, S_ALL]
+
+
+class ModeAllVision(Mode):
+    name = "mode-allvision"
+    summary = "ablation: mode with vision counted over all image tokens (no denoising)"
+
+    def vision_counts(self, ls: LayerStats) -> np.ndarray:
+        return ls.counts[KEY] + ls.counts[RED]
+
+
+class ModeNoSens(Mode):
+    name = "mode-nosens"
+    summary = "ablation: mode with each expert's error replaced by the layer's mean per type"
+
+    def deltas(self, ls: LayerStats, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for s in (S_TEXT, S_KEY):
+            d = ls.sensitivity[:, axis, :, s]
+            seen = d.max(axis=1) > 0
+            mean = d[seen].mean(axis=0) if seen.any() else np.zeros(d.shape[1])
+            out.append(np.where(seen[:, None], mean[None, :], 0.0))
+        return out[0], out[1]
