@@ -129,8 +129,109 @@ def pack(
 
     plan = QuantPlan.load(plan_path)
     label = label or re.sub(r"[^A-Za-z0-9_.-]+", "-", plan.method).strip("-").lower() or "packed"
+    if imatrix is None and plan.extra.get("imatrix"):   # the method's own importance, written beside the plan
+        imatrix = plan_path.parent / plan.extra["imatrix"]
     _export(model_dir, output, quiet, precision=None, plan=plan, label=label, imatrix=_load_imatrix(imatrix),
             n_threads=threads)
+
+
+PLAN_EPILOG = """Examples:
+
+  mode-edge plan --stats stats/ --budget 12GB -o plan.json                  (MODE, a type per expert)
+
+  mode-edge plan --stats stats/ --budget 3.2bpw --method frequency -o freq.json
+
+  mode-edge plan --stats stats/ --budget 12GB --granularity tensor -o plan.json   (stock llama.cpp runs it)
+
+Writes PLAN.json, PLAN.png (bits per expert beside its text and key-vision frequency) and
+PLAN.imatrix.gguf (the method's importance matrix, which `mode-edge pack` picks up).
+Methods: uniform, frequency (MC-MoE), hessian (MoPEQ), veq, mode, and the ablations
+mode-text, mode-pooled, mode-allvision, mode-nosens.
+"""
+
+
+@app.command("plan", epilog=PLAN_EPILOG)
+def plan_cmd(
+    stats_dir: Path = typer.Option(..., "--stats", help="Expert statistics from `mode-edge calibrate`."),
+    budget: str = typer.Option(..., "--budget",
+                               help="Total bytes of both files (12GB = 12e9, 12GiB = 12*2^30) "
+                                    "or bits per routed-expert weight (3.5bpw)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Plan file to write (JSON)."),
+    method: str = typer.Option("mode", "--method", "-m", help="Allocation method."),
+    model_dir: Optional[Path] = typer.Option(None, "--model",
+                                             help="Model folder (default: the one the statistics were measured on)."),
+    granularity: str = typer.Option("expert", "--granularity",
+                                    help="expert: a type per expert; tensor: one type per expert tensor."),
+    per_projection: bool = typer.Option(False, "--per-projection",
+                                        help="With expert granularity: gate, up and down chosen separately."),
+    per_layer: bool = typer.Option(False, "--per-layer-bits",
+                                   help="Also hold every layer to the average (the papers' constraint)."),
+    types: Optional[str] = typer.Option(None, "--types", help="Comma-separated candidate types "
+                                        "(default: those calibration measured)."),
+    floor: Optional[str] = typer.Option(None, "--floor", help="Smallest type an expert may get."),
+    ceiling: Optional[str] = typer.Option(None, "--ceiling", help="Largest type an expert may get."),
+    other: str = typer.Option("Q8_0", "--other", help="Type of the non-expert text matrices."),
+    attn: Optional[str] = typer.Option(None, "--attn-type", help="Type of the attention matrices (default: --other)."),
+    mmproj: str = typer.Option("F16", "--mmproj-type", help="Type of the vision projector's matrices."),
+    context: int = typer.Option(0, "--context", help="Reserve the KV cache of this many tokens in a byte budget."),
+    alpha: float = typer.Option(1.0, "--alpha", help="frequency: exponent of the count."),
+    beta: float = typer.Option(1.5, "--beta", help="frequency: exponent of the routing weight."),
+    classes: int = typer.Option(3, "--hessian-classes", help="hessian: k-means bit classes."),
+    scope: str = typer.Option("layer", "--hessian-scope", help="hessian: cluster per layer or over the model."),
+    gamma: Optional[float] = typer.Option(None, "--veq-gamma",
+                                          help="veq: text/vision gradient-norm ratio (default: measured, else 22)."),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds the ILP solver may take."),
+    no_png: bool = typer.Option(False, "--no-png", help="Do not draw PLAN.png."),
+) -> None:
+    """Choose a llama.cpp type for every routed expert under a byte budget (the ILP)."""
+    from mode_edge.allocate.allocator import AllocOptions, allocate, method_importance
+    from mode_edge.allocate.budget import parse_budget
+    from mode_edge.allocate.report import histogram, parts, write_png
+    from mode_edge.signals.stats import ExpertStats
+
+    if scope not in ("layer", "model"):
+        raise UserError(f"--hessian-scope {scope!r} is not layer or model", "use layer or model")
+    stats = ExpertStats.load(stats_dir)
+    model_dir = model_dir or Path(stats.manifest["model"])
+    if not model_dir.is_dir():
+        raise UserError(f"the model the statistics were measured on, {model_dir}, is not there", "pass --model DIR")
+    opts = AllocOptions(method=method, granularity=granularity, split_projections=per_projection,
+                        per_layer=per_layer, types=[t.strip() for t in types.split(",")] if types else None,
+                        floor=floor, ceiling=ceiling, other=other, attn=attn, mmproj=mmproj, context=context,
+                        method_options={"alpha": alpha, "beta": beta, "hessian_classes": classes,
+                                        "hessian_scope": scope, **({"veq_gamma": gamma} if gamma else {})},
+                        time_limit=time_limit)
+    parsed = parse_budget(budget)
+    with console.status("allocating"):
+        alloc = allocate(stats, model_dir, parsed, opts)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    imatrix_path = output.with_name(output.stem + ".imatrix.gguf")
+    method_importance(stats, opts).save(imatrix_path)
+    alloc.plan.extra["imatrix"] = imatrix_path.name
+    if not no_png:
+        png = output.with_suffix(".png")
+        write_png(png, alloc, stats, f"{alloc.plan.method} @ {parsed}: {alloc.expert_bpw:.3f} bits per expert weight")
+    alloc.plan.save(output)
+    _print_plan(alloc, parsed, histogram(alloc, int(stats.manifest["n_experts"])), parts(alloc))
+    out.print(f"wrote {output}, {imatrix_path}" + ("" if no_png else f", {output.with_suffix('.png')}"))
+
+
+def _print_plan(alloc, budget, hist, part_rows) -> None:
+    table = Table("part", "bytes", "share", title=f"plan: {alloc.plan.method}, budget {budget}")
+    for name, b in part_rows:
+        table.add_row(name, f"{b:,}", f"{100 * b / max(1, alloc.total_bytes):.1f}%")
+    table.add_row("[bold]total[/bold]", f"[bold]{alloc.total_bytes:,}[/bold]",
+                  "" if budget.bytes is None else f"{100 * alloc.total_bytes / budget.bytes:.2f}% of budget")
+    out.print(table)
+    types = Table("type", "expert tensors", "bytes", title="routed experts by type")
+    for t, units, b in hist:
+        types.add_row(t, f"{units:,}", f"{b:,}")
+    out.print(types)
+    gap = "" if alloc.gap is None else f", gap {100 * alloc.gap:.3f}%"
+    out.print(f"{alloc.expert_bpw:.3f} bits per routed-expert weight; solver {alloc.status}{gap}; "
+              f"{alloc.seconds:.1f} s")
+    for n in alloc.notes:
+        out.print(f"note: {n}")
 
 
 def _check_device(device: str) -> None:
