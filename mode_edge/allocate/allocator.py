@@ -204,7 +204,7 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
     tensors = layout.expert_tensors(stats.manifest["gguf_names"])
     cands, cols = _candidates(opts, stats, method)
     ctx = Context(hidden=int(stats.manifest["hidden"]), tokens=dict(stats.manifest.get("tokens") or {}),
-                  options=_method_options(stats, opts))
+                  options=_method_options(stats, opts), type_names=[t.name for t in cands])
     items = build_items(stats, tensors, method, cands, cols, ctx, opts)
     n = len(items.keys)
     rows = np.arange(n)

@@ -32,6 +32,7 @@ class Context:
     tokens: dict[str, int]             # calibration token totals: text, image, total
     options: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)   # what the method assumed, for the report
+    type_names: list[str] = field(default_factory=list)  # the candidate types, smallest first
 
 
 @dataclass

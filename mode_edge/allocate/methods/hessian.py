@@ -66,7 +66,7 @@ class Hessian(Method):
                 if best_key is None or key > best_key:
                     best, best_key = choice, key
             if best is not None:
-                ctx.notes.append(f"{scope}-wise k-means, {n_classes} classes -> "
-                                 f"types {sorted(set(int(c) for c in best))}")
+                used = [ctx.type_names[c] if ctx.type_names else str(c) for c in sorted(set(best.tolist()))]
+                ctx.notes.append(f"{scope}-wise k-means, {n_classes} classes; types used: {', '.join(used)}")
                 return best
         return np.zeros(len(labels), dtype=np.int64)
