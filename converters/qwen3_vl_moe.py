@@ -467,6 +467,22 @@ class Qwen3VLMoeCalibration:
         return q[0], k[0], attn.scaling
 
     @staticmethod
+    def attention_output(attn):
+        """The module whose input is the attention's mixed values (o_proj)."""
+        return attn.o_proj
+
+    _ATTN = ((MODEL_TENSOR.ATTN_Q, "q_proj", "attn_in"), (MODEL_TENSOR.ATTN_K, "k_proj", "attn_in"),
+             (MODEL_TENSOR.ATTN_V, "v_proj", "attn_in"), (MODEL_TENSOR.ATTN_OUT, "o_proj", "o_in"))
+
+    def attention_names(self, il: int) -> list[tuple[str, str]]:
+        """(GGUF name, input kind: attn_in or o_in) of the layer's attention matrices."""
+        return [(_name(t, il), kind) for t, _, kind in self._ATTN]
+
+    def attention_matrices(self, attn, il: int):
+        """(GGUF name, weight [out, in], input kind) of the layer's attention matrices."""
+        return [(_name(t, il), getattr(attn, mod).weight, kind) for t, mod, kind in self._ATTN]
+
+    @staticmethod
     def expert_weights(experts, e: int):
         """Expert e's (gate [I, H], up [I, H], down [H, I]) and activation."""
         gate, up = experts.gate_up_proj[e].chunk(2, dim=0)

@@ -58,14 +58,16 @@ def _bounds(stats, model_dir) -> tuple[int, int]:
     return lo, hi
 
 
-@pytest.mark.parametrize("method,granularity,split", [
-    ("mode", "expert", False), ("mode", "expert", True), ("mode", "tensor", False),
-    ("frequency", "expert", False), ("hessian", "expert", False), ("veq", "expert", True),
+@pytest.mark.parametrize("method,granularity,split,attn", [
+    ("mode", "expert", False, None), ("mode", "expert", True, None), ("mode", "tensor", False, None),
+    ("frequency", "expert", False, None), ("hessian", "expert", False, None), ("veq", "expert", True, None),
+    ("mode", "expert", False, "auto"),
 ])
-def test_planned_bytes_equal_packed_files_and_fit(stats, stats_dir, model_dir, tmp_path, method, granularity, split):
+def test_planned_bytes_equal_packed_files_and_fit(stats, stats_dir, model_dir, tmp_path, method, granularity, split,
+                                                  attn):
     lo, hi = _bounds(stats, model_dir)
     budget = lo + (hi - lo) * 2 // 5
-    opts = AllocOptions(method=method, granularity=granularity, split_projections=split)
+    opts = AllocOptions(method=method, granularity=granularity, split_projections=split, attn=attn)
     alloc = allocate(stats, model_dir, Budget(bytes=budget), opts)
     assert alloc.total_bytes <= budget
     assert alloc.total_bytes > lo           # the budget above the smallest file is spent
@@ -80,6 +82,14 @@ def test_planned_bytes_equal_packed_files_and_fit(stats, stats_dir, model_dir, t
     assert grouped == per_expert
     if granularity == "tensor":
         assert not per_expert                # one type per expert tensor: a stock file
+    attn_names = [t.name for t in reader.tensors if ".attn_" in t.name and t.name.endswith(".weight")
+                  and "norm" not in t.name]
+    stored = {reader.get_tensor(i).name: reader.get_tensor(i).tensor_type.name for i in range(len(reader.tensors))}
+    if attn == "auto":
+        assert len(alloc.attn_types) == len(attn_names)   # every attention matrix was an ILP item
+        assert all(stored[n] == alloc.attn_types[n].name for n in attn_names)
+    else:
+        assert all(stored[n] == "Q8_0" for n in attn_names)
 
 
 def test_budget_sweep_never_exceeds_and_uses_the_budget(stats, model_dir):

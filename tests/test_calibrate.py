@@ -295,3 +295,20 @@ def test_bottom_k_cache_keeps_exactly_the_smallest_keys():
     R, K = torch.cat(rows), torch.cat(keys)
     want = {tuple(R[i].tolist()) for i in torch.topk(K, 50, largest=False).indices}
     assert cache.n == 50 and {tuple(x.tolist()) for x in cache.rows} == want
+
+
+def test_attention_statistics(stats):
+    st, _ = stats
+    types = st.manifest["types"]
+    order = [types.index(t) for t in ("Q2_K", "Q3_K", "Q4_K", "Q6_K")]
+    for il, d in st.layers.items():
+        # every token passes attention; the modality split matches the MoE's token counts
+        assert d["attn_tokens"].sum() == st.manifest["tokens"]["total"]
+        assert (d["attn_tokens"] * st.manifest["top_k"] == d["counts"].sum(1)).all()
+        names = [n for n, _ in st.manifest["attn_tensors"][str(il)]]
+        assert names == [f"blk.{il}.attn_{k}.weight" for k in ("q", "k", "v", "output")]
+        sens = d["attn_sensitivity"]
+        assert sens.shape == (4, len(types), 3)
+        for m in range(4):
+            for cache in range(3):
+                assert np.all(np.diff(sens[m, order, cache]) < 0), (il, m, cache)

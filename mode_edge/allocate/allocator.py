@@ -29,7 +29,7 @@ from mode_edge.allocate.methods.veq import gamma as veq_gamma
 from mode_edge.allocate.plan import QuantPlan
 from mode_edge.errors import UserError
 from mode_edge.gguf.tensors import Role
-from mode_edge.quant_types import LADDER, bits_per_weight, parse_type
+from mode_edge.quant_types import LADDER, bits_per_weight, fallback, parse_type, row_bytes
 from mode_edge.quantize.ggml_lib import requires_imatrix
 from mode_edge.quantize.imatrix import Imatrix
 from mode_edge.signals.stats import ExpertStats
@@ -48,7 +48,7 @@ class AllocOptions:
     floor: str | None = None
     ceiling: str | None = None
     other: str = "Q8_0"                 # non-expert text matrices
-    attn: str | None = None             # attention matrices (default: `other`)
+    attn: str | None = None             # attention matrices: a type, "auto" (chosen by the ILP), or `other`
     mmproj: str = "F16"
     context: int = 0                    # KV-cache tokens to reserve in a byte budget
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +76,8 @@ class Allocation:
     items: Items
     choice: np.ndarray
     candidates: list[T]
+    attn_types: dict[str, T]            # attention types the ILP chose (--attn-type auto)
+    attn_bytes: int
     status: str
     gap: float | None
     seconds: float
@@ -146,18 +148,13 @@ def build_items(stats: ExpertStats, tensors: dict[tuple[int, int], ExpertTensor]
                 costs.append(c[e] if c is not None else None)
                 scores.append(float(s[e]) if s is not None else 0.0)
     cost = np.array(costs, dtype=np.float64) if use_cost else None
-    if cost is not None:
-        if not np.isfinite(cost).all():
-            raise UserError("the statistics hold non-finite values", "re-run `mode-edge calibrate`")
-        # ties (experts that saw no tokens cost 0 at every type) go to the larger type when bytes allow
-        tau = 1e-9 * max(float(cost.max()), 1e-30)
-        cost = cost + tau * np.arange(len(cands))[::-1][None, :] / len(cands)
     return Items(keys, np.array(sizes, dtype=np.int64), np.array(params, dtype=np.int64),
                  np.array(layers), cost, np.array(scores, dtype=np.float64))
 
 
 def _plan(items: Items, choice: np.ndarray, cands: list[T], tensors: dict[tuple[int, int], ExpertTensor],
-          layout: ModelLayout, opts: AllocOptions, method: str, stats: ExpertStats, budget: Budget) -> QuantPlan:
+          layout: ModelLayout, opts: AllocOptions, method: str, stats: ExpertStats, budget: Budget,
+          attn_types: dict[str, T]) -> QuantPlan:
     per_tensor: dict[str, list[T]] = {t.name: [cands[0]] * t.n_expert for t in tensors.values()}
     for (layer, e, projs), c in zip(items.keys, choice):
         for p in projs:
@@ -168,10 +165,11 @@ def _plan(items: Items, choice: np.ndarray, cands: list[T], tensors: dict[tuple[
                 per_tensor[t.name][e] = cands[c]
     plan = QuantPlan(method=method, model=stats.manifest.get("model_name"), budget_bytes=budget.bytes,
                      default=parse_type(opts.other), mmproj=parse_type(opts.mmproj))
-    if opts.attn:
+    if opts.attn and opts.attn != "auto":
         for name, role in layout.other_roles.items():
             if role == Role.ATTN:
                 plan.tensors[name] = parse_type(opts.attn)
+    plan.tensors.update(attn_types)
     for name, types in per_tensor.items():
         plan.tensors[name] = types[0] if len(set(types)) == 1 else types
     return plan
@@ -179,9 +177,36 @@ def _plan(items: Items, choice: np.ndarray, cands: list[T], tensors: dict[tuple[
 
 def _check_fixed_types(opts: AllocOptions) -> None:
     for flag, name in (("--other", opts.other), ("--attn-type", opts.attn), ("--mmproj-type", opts.mmproj)):
-        if name and requires_imatrix(parse_type(name)):
+        if name and name != "auto" and requires_imatrix(parse_type(name)):
             raise UserError(f"{flag} {name} needs an importance matrix, and calibration measures one only for the "
                             "routed experts", f"choose a type >= Q2_K for {flag}")
+
+
+@dataclass
+class AttnItems:
+    names: list[str]
+    sizes: np.ndarray      # [m, k]
+    cost: np.ndarray       # [m, k]
+
+
+def attention_items(stats: ExpertStats, layout: ModelLayout, method: Method, cands: list[T], cols: list[int],
+                    ctx: Context) -> AttnItems:
+    """Every attention matrix as one more ILP item, priced by its own measured sensitivity."""
+    if "attn_tensors" not in stats.manifest:
+        raise UserError("these statistics have no attention sensitivity", "re-run `mode-edge calibrate`")
+    shapes = {s.name: s.shape for s in layout.text_specs}
+    names, sizes, costs = [], [], []
+    for layer in sorted(stats.layers):
+        sens = stats.layers[layer]["attn_sensitivity"]
+        for i, (name, _) in enumerate(stats.manifest["attn_tensors"][str(layer)]):
+            if name not in shapes:
+                raise UserError(f"the statistics name {name}, which this model does not have",
+                                "calibrate this model (the statistics belong to another one)")
+            rows, row_size = shapes[name]
+            names.append(name)
+            sizes.append([rows * row_bytes(fallback(t, row_size), row_size) for t in cands])
+            costs.append(method.attention_cost(sens[i][cols], ctx))
+    return AttnItems(names, np.array(sizes, dtype=np.int64), np.array(costs, dtype=np.float64))
 
 
 def _method_options(stats: ExpertStats, opts: AllocOptions) -> dict[str, Any]:
@@ -209,17 +234,37 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
     n = len(items.keys)
     rows = np.arange(n)
     reserve = layout.kv_cache_bytes(opts.context) if budget.bytes is not None else 0
+    attn = None
+    if opts.attn == "auto":
+        if budget.bytes is None or not method.needs_sensitivity:
+            raise UserError("--attn-type auto needs a byte budget and a method that prices types by sensitivity",
+                            "give --budget in bytes and a mode method, or a fixed --attn-type")
+        attn = attention_items(stats, layout, method, cands, cols, ctx)
+    sizes = items.sizes if attn is None else np.vstack([items.sizes, attn.sizes])
+    cost = None
+    if items.cost is not None:
+        cost = items.cost if attn is None else np.vstack([items.cost, attn.cost])
+        if not np.isfinite(cost).all():
+            raise UserError("the statistics hold non-finite values", "re-run `mode-edge calibrate`")
+        # ties (experts that saw no tokens cost 0 at every type) go to the larger type when bytes allow
+        tau = 1e-9 * max(float(cost.max()), 1e-30)
+        cost = cost + tau * np.arange(len(cands))[::-1][None, :] / len(cands)
 
-    base = _plan(items, np.zeros(n, dtype=np.int64), cands, tensors, layout, opts, method.name, stats, budget)
-    fixed = sum(layout.file_bytes(base)) - int(items.sizes[:, 0].sum())
-    smallest = int(items.sizes.min(axis=1).sum())
+    def attn_types(choice_all: np.ndarray) -> dict[str, T]:
+        return {} if attn is None else {nm: cands[c] for nm, c in zip(attn.names, choice_all[n:])}
+
+    zeros = np.zeros(len(sizes), dtype=np.int64)
+    base = _plan(items, zeros[:n], cands, tensors, layout, opts, method.name, stats, budget, attn_types(zeros))
+    fixed = sum(layout.file_bytes(base)) - int(sizes[:, 0].sum())
+    smallest = int(sizes.min(axis=1).sum())
     if budget.bytes is not None:
         capacity = budget.bytes - reserve - fixed
         if smallest > capacity:
             need = fixed + smallest + reserve
+            what = "routed experts" + (" and attention" if attn is not None else "")
             raise UserError(
                 f"budget {budget.bytes:,} bytes is below the smallest file these options allow, {need:,} bytes "
-                f"(routed experts at {cands[0].name}: {smallest:,}; everything else at --other {opts.other} / "
+                f"({what} at {cands[0].name}: {smallest:,}; everything else at --other {opts.other} / "
                 f"--mmproj-type {opts.mmproj}, with headers: {fixed:,}; KV reserve: {reserve:,})",
                 f"raise --budget to at least {need:,} bytes ({need / 1e9:.3g} GB) or choose smaller types")
     else:
@@ -256,9 +301,9 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
                                 "raise --budget or allow smaller types")
             status, gap = "assigned", None
         else:
-            sol = solve(items.cost, items.sizes, capacity, groups=grp, time_limit=opts.time_limit)
+            sol = solve(cost, sizes, capacity, groups=grp, time_limit=opts.time_limit)
             choice, status, gap = sol.choice, sol.status, sol.gap
-        plan = _plan(items, choice, cands, tensors, layout, opts, method.name, stats, budget)
+        plan = _plan(items, choice[:n], cands, tensors, layout, opts, method.name, stats, budget, attn_types(choice))
         text_b, mm_b = layout.file_bytes(plan)
         if budget.bytes is None or text_b + mm_b + reserve <= budget.bytes:
             break
@@ -266,15 +311,18 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
     else:
         raise UserError("could not fit the expert-group headers into the budget", "raise --budget slightly")
     notes.extend(ctx.notes)
+    chosen_attn = attn_types(choice)
+    attn_bytes = int(sizes[np.arange(n, len(sizes)), choice[n:]].sum())
+    choice = choice[:n]
     expert_bytes = int(items.sizes[rows, choice].sum())
     plan.extra = {
         "granularity": opts.granularity + ("/projection" if opts.split_projections else ""),
         "per_layer_bits": opts.per_layer, **({"budget_bpw": budget.bpw} if budget.bpw is not None else {}), "candidates": [t.name for t in cands],
         "planned_bytes": {"text": text_b, "mmproj": mm_b, "kv_reserve": reserve},
-        "routed_expert_bytes": expert_bytes, "routed_expert_bpw": round(8.0 * expert_bytes / int(items.params.sum()), 4),
+        "routed_expert_bytes": expert_bytes, **({"attention_bytes": attn_bytes} if attn is not None else {}), "routed_expert_bpw": round(8.0 * expert_bytes / int(items.params.sum()), 4),
         "solver": {"status": status, "gap": gap}, "stats_data": stats.manifest.get("data"),
         **({"notes": notes} if notes else {}),
     }
     return Allocation(plan, text_b, mm_b, reserve, expert_bytes, int(items.params.sum()), items, choice, cands,
-                      status, gap, time.perf_counter() - t0, notes)
+                      chosen_attn, attn_bytes, status, gap, time.perf_counter() - t0, notes)
 

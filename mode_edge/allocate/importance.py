@@ -6,7 +6,8 @@ balanced  MODE: the mean over text tokens and the mean over key vision tokens, a
 veq-ma    VEQ-MA: diag(X C X^T) with c_j = routing weight * (gamma for text, 1 for vision)
 
 Entries are written as (sum, count) pairs in llama-imatrix's format; the quantizer uses their
-ratio, so any positive count that gives the intended mean is exact.
+ratio, so any positive count that gives the intended mean is exact. Attention matrices get the
+plain mean over all tokens in every method.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def method_imatrix(stats, kind: str, gamma: float = 1.0) -> Imatrix:
         entries[gate] = inp
         entries[up] = ImatrixEntry(inp.in_sum2.copy(), inp.counts.copy())
         entries[down] = _entry(kind, d["mid_sq"], counts, weights, gamma)
+        # attention matrices: every token, unweighted (as their sensitivity was measured)
+        n = np.array([d["attn_tokens"].sum()], dtype=np.float32) if "attn_tokens" in d else None
+        for name, inp in stats.manifest.get("attn_tensors", {}).get(str(layer), []):
+            entries[name] = ImatrixEntry(d[f"{inp}_sq"].sum(0, keepdims=True).astype(np.float32), n)
     return Imatrix(entries, [stats.manifest.get("data", "mode-edge"), f"importance:{kind}"],
                    stats.manifest.get("n_samples", 0), 0)
 

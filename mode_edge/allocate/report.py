@@ -27,8 +27,9 @@ def expert_types(alloc: Allocation) -> dict[tuple[int, int, int], object]:
 
 
 def parts(alloc: Allocation) -> list[tuple[str, int]]:
-    return [("routed experts", alloc.expert_bytes),
-            ("other text tensors + header", alloc.text_bytes - alloc.expert_bytes),
+    chosen = [("attention (chosen by the ILP)", alloc.attn_bytes)] if alloc.attn_types else []
+    return [("routed experts", alloc.expert_bytes), *chosen,
+            ("other text tensors + header", alloc.text_bytes - alloc.expert_bytes - alloc.attn_bytes),
             ("mmproj file", alloc.mmproj_bytes),
             ("KV-cache reserve", alloc.reserve_bytes)]
 

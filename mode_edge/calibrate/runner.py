@@ -27,6 +27,7 @@ from mode_edge.quant_types import LADDER
 from mode_edge.quantize.encode import default_threads
 from mode_edge.quantize.imatrix import Imatrix, ImatrixEntry
 from mode_edge.signals.keytokens import key_scores, query_positions, select_key_tokens
+from mode_edge.signals.attention import AttentionRecorder
 from mode_edge.signals.recorder import KEY, MODALITIES, RED, SENS_MODALITIES, TEXT, LayerRecorder
 from mode_edge.files import write_json_atomic
 from mode_edge.signals.stats import IMATRIX_FILE, ExpertStats, save_arrays_atomic
@@ -180,7 +181,10 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
                 with_kwargs=True),
             moe.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("moe_in", a[0])),
             router.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__("router", o)),
+            cal.attention_output(attn).register_forward_pre_hook(
+                lambda m, a, seen=seen: seen.__setitem__("o_in", a[0])),
         ]
+        arec = AttentionRecorder()
         rec = LayerRecorder(cal.n_experts, cal.hidden, cal.expert_ff, opts.cap, seed=opts.seed * 100003 + il)
         # statistics are taken on the CPU: a CPU copy of the experts when layers run elsewhere
         cpu_experts = experts if opts.device == "cpu" else _cpu_copy(experts)
@@ -196,6 +200,8 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
             mod = _modalities(cal, r, seen["attn"], attn, special, newline_ids, im_start, opts.rho)
             x = seen["moe_in"].reshape(-1, cal.hidden).cpu()
             rec.add(x, indices.cpu(), weights.cpu(), mod, experts_fn)
+            arec.add("attn_in", seen["attn"][0], mod)
+            arec.add("o_in", seen["o_in"], mod)
             acts.put(i, s_next.cpu())
             del s["hidden"], s_next
             if progress.on_sample:
@@ -203,11 +209,12 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
         for h in hooks:
             h.remove()
         arrays = rec.finish(experts_fn, types, opts.probes, default_threads())
+        arrays.update(arec.finish(cal.attention_matrices(attn, il), types))
         save_arrays_atomic(partial / f"layer-{il:03d}.safetensors", arrays)
         write_json_atomic(state_path, {"identity": identity, "next_layer": il + 1, **acts.end_layer()})
         # drop every reference to this layer before the next one loads (the closure and the
         # CPU copy of its experts would otherwise keep two layers resident)
-        del layer, attn, moe, router, experts, cpu_experts, experts_fn, rec, seen, hooks, arrays
+        del layer, attn, moe, router, experts, cpu_experts, experts_fn, rec, arec, seen, hooks, arrays
         if progress.on_layer_done:
             progress.on_layer_done(il)
         if stop_after_layer is not None and il >= stop_after_layer:
@@ -231,6 +238,7 @@ def _finish(out_dir: Path, partial: Path, cal, conv, identity: dict, rendered, t
         "sensitivity_modalities": list(SENS_MODALITIES),
         "tokens": {"total": n_tok, "image": n_img, "text": n_tok - n_img},
         "gguf_names": {str(il): list(cal.gguf_expert_names(il)) for il in range(cal.n_layers)},
+        "attn_tensors": {str(il): [list(x) for x in cal.attention_names(il)] for il in range(cal.n_layers)},
     }
     stats = ExpertStats(manifest, layers)
     stats.save(out_dir)
@@ -250,4 +258,7 @@ def _imatrix(stats: ExpertStats) -> Imatrix:
         entries[gate] = ImatrixEntry(in_sum, counts)
         entries[up] = ImatrixEntry(in_sum.copy(), counts)
         entries[down] = ImatrixEntry(mid_sum, counts)
+        n = np.array([d["attn_tokens"].sum()], dtype=np.float32)
+        for name, kind in stats.manifest["attn_tensors"][str(il)]:
+            entries[name] = ImatrixEntry(d[f"{kind}_sq"].sum(0, keepdims=True).astype(np.float32), n)
     return Imatrix(entries, [stats.manifest["data"]], stats.manifest["n_samples"], 0)

@@ -10,6 +10,11 @@
                                                           (text, vision_key, all routed tokens)
         layer.{l}.hessian_trace float64 [E, 3]            Hutchinson tr(H) of gate, up, down
         layer.{l}.key_tokens    int64   [2]               key image tokens, all image tokens
+        layer.{l}.attn_tokens   int64   [3]               tokens by modality
+        layer.{l}.attn_in_sq    float32 [3, H]            sum x^2 of the attention input by modality
+        layer.{l}.o_in_sq       float32 [3, D]            sum x^2 of o_proj's input by modality
+        layer.{l}.attn_sensitivity float64 [n_attn, n_types, 3]  expected output error per matrix
+                                                          (manifest attn_tensors: names, inputs)
     STATS_DIR/imatrix.gguf            plain importance matrix (llama.cpp format) for pack
 
 Modalities are ("text", "vision_key", "vision_red"); vision = key + redundant.

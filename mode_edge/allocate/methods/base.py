@@ -59,6 +59,12 @@ class Method:
         """[E, n_stats_types] the objective's coefficient for each expert and type."""
         raise NotImplementedError
 
+    def attention_cost(self, sens: np.ndarray, ctx: Context) -> np.ndarray:
+        """[n_types] cost of an attention matrix from its sensitivity [n_types, 3 (text, key, all)]."""
+        from mode_edge.errors import UserError
+
+        raise UserError(f"method {self.name} does not price attention matrices", "give a fixed --attn-type")
+
     def score(self, ls: LayerStats, proj: int | None, ctx: Context) -> np.ndarray:
         """[E] importance for assignment methods (proj None: the whole expert)."""
         raise NotImplementedError

@@ -34,6 +34,10 @@ class Mode(Method):
         d_t, d_v = self.deltas(ls, axis)
         return f_t[:, None] * d_t + f_v[:, None] * d_v
 
+    def attention_cost(self, sens: np.ndarray, ctx: Context) -> np.ndarray:
+        # every token passes attention: frequency 1 in each modality (an expert's is f <= 1)
+        return sens[:, S_TEXT] + sens[:, S_KEY]
+
 
 class ModeText(Mode):
     name = "mode-text"
@@ -41,6 +45,9 @@ class ModeText(Mode):
 
     def cost(self, ls: LayerStats, axis: int, ctx: Context) -> np.ndarray:
         return normalised(ls.counts[TEXT])[:, None] * ls.sensitivity[:, axis, :, S_TEXT]
+
+    def attention_cost(self, sens: np.ndarray, ctx: Context) -> np.ndarray:
+        return sens[:, S_TEXT]
 
 
 class ModePooled(Mode):
@@ -50,6 +57,9 @@ class ModePooled(Mode):
 
     def cost(self, ls: LayerStats, axis: int, ctx: Context) -> np.ndarray:
         return normalised(ls.counts.sum(0))[:, None] * ls.sensitivity[:, axis, :, S_ALL]
+
+    def attention_cost(self, sens: np.ndarray, ctx: Context) -> np.ndarray:
+        return sens[:, S_ALL]
 
 
 class ModeAllVision(Mode):

@@ -1,0 +1,56 @@
+"""Attention matrices' own statistics, so the allocator can choose their types too.
+
+Per layer and modality (text, key vision, redundant vision): sum of x^2 of the attention
+input (what q, k and v read) and of the o_proj input, and token counts. Sensitivity of a
+matrix W stored as type q, for modality M:
+
+    delta_M(W, q) = sum_j imp_M[j] * mean_i (W - Q(W))_ij^2,    imp_M[j] = mean x_j^2 over M
+
+the expected squared error of one output element when input channels are uncorrelated, with
+Q the runtime's real quantizer (importance = all tokens, as pack uses it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mode_edge.signals.recorder import KEY, RED, TEXT
+from mode_edge.signals.sensitivity import stored
+
+INPUTS = ("attn_in", "o_in")   # what q/k/v read, what o_proj reads
+
+
+class AttentionRecorder:
+    def __init__(self):
+        self.sq: dict[str, np.ndarray] = {}
+        self.tokens = np.zeros(3, dtype=np.int64)
+
+    def add(self, kind: str, x: torch.Tensor, modality: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).double().cpu()
+        acc = self.sq.setdefault(kind, np.zeros((3, x.shape[1]), dtype=np.float64))
+        for m in (TEXT, KEY, RED):
+            sel = modality == m
+            if bool(sel.any()):
+                acc[m] += (x[sel] ** 2).sum(0).numpy()
+        if kind == INPUTS[0]:
+            self.tokens += np.bincount(modality.numpy(), minlength=3)[:3]
+
+    def means(self, kind: str) -> np.ndarray:
+        """[3 (text, key vision, all), dim] mean x^2 (zeros for a modality with no tokens)."""
+        sq, n = self.sq[kind], self.tokens.astype(np.float64)
+        rows = [(sq[TEXT], n[TEXT]), (sq[KEY], n[KEY]), (sq.sum(0), n.sum())]
+        return np.stack([s / c if c > 0 else np.zeros_like(s) for s, c in rows])
+
+    def finish(self, matrices: list[tuple[str, torch.Tensor, str]], types) -> dict[str, np.ndarray]:
+        """matrices: (gguf name, weight [out, in], input kind) in a fixed order."""
+        sens = np.zeros((len(matrices), len(types), 3), dtype=np.float64)
+        for i, (_, w, kind) in enumerate(matrices):
+            imp = self.means(kind)
+            plain = imp[2].astype(np.float32) if imp[2].any() else None
+            w = w.detach().float().cpu()
+            for ti, t in enumerate(types):
+                err = ((w - stored(w, t, plain)) ** 2).mean(0).double().numpy()   # [in]
+                sens[i, ti] = imp @ err
+        return {"attn_tokens": self.tokens.copy(), "attn_sensitivity": sens,
+                **{f"{k}_sq": v.astype(np.float32) for k, v in self.sq.items()}}
