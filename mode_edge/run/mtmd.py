@@ -20,6 +20,11 @@ class MtmdSession:
         import llama_cpp.mtmd_cpp as mtmd
 
         self._mtmd = mtmd
+        if not verbose:  # mtmd logs every chunk it tokenizes; route it through llama-cpp-python's filter
+            from llama_cpp._logger import llama_log_callback
+
+            mtmd.mtmd_log_set(llama_log_callback, None)
+            mtmd.mtmd_helper_log_set(llama_log_callback, None)
         kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_kv else {}
         self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads,
                                    verbose=verbose, **kv)
@@ -86,8 +91,9 @@ class MtmdSession:
             m.mtmd_input_chunks_free(chunks)
         raise RuntimeError("the prompt produced no image chunk")
 
-    def last_logits(self, prompt: str, images: list[np.ndarray]) -> np.ndarray:
-        """Evaluate a prompt (media markers where images go) from an empty cache."""
+    def eval_prompt(self, prompt: str, images: list[np.ndarray]) -> int:
+        """Evaluate a prompt (media markers where images go) from an empty cache; returns the
+        position the next token takes (image chunks advance it by their M-RoPE extent)."""
         import llama_cpp
 
         m = self._mtmd
@@ -102,8 +108,41 @@ class MtmdSession:
                 raise RuntimeError(f"mtmd_helper_eval_chunks failed ({rc})")
         finally:
             m.mtmd_input_chunks_free(chunks)
-        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return int(new_past.value)
+
+    def logits_at(self, i: int) -> np.ndarray:
+        """Logits of output row i of the last decode (-1: the last one)."""
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, i)
         return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).copy()
+
+    def last_logits(self, prompt: str, images: list[np.ndarray]) -> np.ndarray:
+        """Evaluate a prompt (media markers where images go) from an empty cache."""
+        self.eval_prompt(prompt, images)
+        return self.logits_at(-1)
+
+    def decode(self, tokens: list[int], n_past: int) -> np.ndarray:
+        """Append text tokens at positions n_past, n_past+1, … (as mtmd's helper places text
+        after an image) and return the logits after each: [len(tokens), n_vocab]."""
+        import llama_cpp
+
+        n = len(tokens)
+        batch = llama_cpp.llama_batch_init(n, 0, 1)
+        try:
+            for i, t in enumerate(tokens):
+                batch.token[i] = int(t)
+                batch.pos[i] = n_past + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+            batch.n_tokens = n
+            rc = llama_cpp.llama_decode(self.llm.ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed ({rc})")
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        return np.stack([self.logits_at(i) for i in range(n)])
 
 
 def _n_embd_inp(llm) -> int:
