@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -79,12 +80,36 @@ def convert(
                                         help="A llama.cpp type for every quantizable weight (Q4_K, Q3_K, IQ2_XS …) "
                                              "or a llama-quantize preset (Q4_K_M, Q3_K_S, IQ3_M …)."),
     imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix (GGUF, llama-imatrix format)."),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b",
+                                         help="Fit both files in this size (12GB, 12GiB) or bits per routed-expert "
+                                              "weight (3.2bpw): calibrate, plan and pack in one go."),
+    method: str = typer.Option("mode", "--method", "-m", help="With --budget: the allocation method."),
+    granularity: str = typer.Option("expert", "--granularity",
+                                    help="With --budget: expert (a type per expert) or tensor (stock llama.cpp)."),
+    data: Optional[Path] = typer.Option(None, "--data",
+                                        help="With --budget: calibration folder (default: the model's own, if any)."),
+    samples: int = typer.Option(128, "--samples", help="With --budget: calibration samples."),
+    seed: int = typer.Option(0, "--seed", help="With --budget: calibration sampling seed."),
+    cal_types: Optional[str] = typer.Option(None, "--types",
+                                            help="With --budget: candidate types, comma-separated (default: Q2_K,"
+                                                 "Q3_K,Q4_K,Q5_K,Q6_K,Q8_0)."),
+    other: str = typer.Option("Q8_0", "--other", help="With --budget: type of the non-expert text matrices."),
+    attn: Optional[str] = typer.Option(None, "--attn-type", help="With --budget: attention type, or auto."),
+    context: int = typer.Option(0, "--context", help="With --budget: reserve the KV cache of this many tokens."),
+    device: str = typer.Option("cpu", "--device", help="With --budget: where calibration runs (cpu, cuda, mps)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Quantizer threads (default: all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Convert a checkpoint into a text GGUF and a vision-projector (mmproj) GGUF."""
-    if precision is not None and qtype is not None:
-        raise UserError("--precision and --type both given", "use one: --precision for float/q8_0, --type for quants")
+    if sum(x is not None for x in (precision, qtype, budget)) > 1:
+        raise UserError("more than one of --precision, --type and --budget given",
+                        "use one: --precision for float/q8_0, --type for one quant type, --budget for MODE")
+    if budget is not None:
+        _check_device(device)
+        _convert_budget(model_dir, output, budget, quiet, threads, data, method=method, granularity=granularity,
+                        samples=samples, seed=seed, types=cal_types, other=other, attn=attn, context=context,
+                        device=device)
+        return
     if qtype is None:
         _export(model_dir, output, quiet, precision=precision or "f16", imatrix=_load_imatrix(imatrix),
                 n_threads=threads)
@@ -92,6 +117,36 @@ def convert(
     plan, label = _type_plan(model_dir, qtype, threads)
     _export(model_dir, output, quiet, precision=None, plan=plan, label=label, imatrix=_load_imatrix(imatrix),
             n_threads=threads)
+
+
+BUDGET_TYPES = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0"
+
+
+def _convert_budget(model_dir: Path, output: Path, budget: str, quiet: bool, threads: Optional[int],
+                    data: Optional[Path], *, method: str, granularity: str, samples: int, seed: int,
+                    types: Optional[str], other: str, attn: Optional[str], context: int, device: str) -> None:
+    from mode_edge.allocate.allocator import AllocOptions
+    from mode_edge.allocate.budget import parse_budget
+    from mode_edge.allocate.methods import get_method
+    from mode_edge.calibrate.runner import CalibrationOptions
+    from mode_edge.pipeline import convert_with_budget
+
+    get_method(method)   # unknown methods fail before calibration
+    type_list = [t.strip().upper() for t in (types or BUDGET_TYPES).split(",")]
+    cal_opts = CalibrationOptions(samples=samples, seed=seed, types=type_list, device=device)
+    alloc_opts = AllocOptions(method=method, granularity=granularity, other=other, attn=attn, context=context)
+    stage_names = {"calibrate": "[1/3] calibrating (reused when model, data and options are unchanged)",
+                   "plan": "[2/3] planning", "pack": "[3/3] packing"}
+    with _calibration_progress(quiet) as cal_progress:
+        res = convert_with_budget(model_dir, output, budget, alloc_opts, cal_opts, data, cal_progress,
+                                  on_stage=lambda name: quiet or console.print(stage_names[name]),
+                                  pack_kwargs={"n_threads": threads})
+    a = res.alloc
+    _print_plan(a, parse_budget(budget))
+    for p in res.files:
+        out.print(f"wrote {p} ({_human(p.stat().st_size)})")
+    out.print(f"report: {output / 'report.md'}; plan: {output / 'plan.json'}, {output / 'plan.png'}")
+    out.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.stages.items()))
 
 
 def _type_plan(model_dir: Path, qtype: str, threads: Optional[int]):
@@ -171,7 +226,8 @@ def plan_cmd(
     floor: Optional[str] = typer.Option(None, "--floor", help="Smallest type an expert may get."),
     ceiling: Optional[str] = typer.Option(None, "--ceiling", help="Largest type an expert may get."),
     other: str = typer.Option("Q8_0", "--other", help="Type of the non-expert text matrices."),
-    attn: Optional[str] = typer.Option(None, "--attn-type", help="Type of the attention matrices (default: --other)."),
+    attn: Optional[str] = typer.Option(None, "--attn-type", help="Type of the attention matrices, or auto: the ILP chooses "
+                                                  "from their measured sensitivity (default: --other)."),
     mmproj: str = typer.Option("F16", "--mmproj-type", help="Type of the vision projector's matrices."),
     context: int = typer.Option(0, "--context", help="Reserve the KV cache of this many tokens in a byte budget."),
     alpha: float = typer.Option(1.0, "--alpha", help="frequency: exponent of the count."),
@@ -184,9 +240,9 @@ def plan_cmd(
     no_png: bool = typer.Option(False, "--no-png", help="Do not draw PLAN.png."),
 ) -> None:
     """Choose a llama.cpp type for every routed expert under a byte budget (the ILP)."""
-    from mode_edge.allocate.allocator import AllocOptions, allocate, method_importance
+    from mode_edge.allocate.allocator import AllocOptions, allocate
     from mode_edge.allocate.budget import parse_budget
-    from mode_edge.allocate.report import histogram, parts, write_png
+    from mode_edge.allocate.report import save_plan
     from mode_edge.signals.stats import ExpertStats
 
     if scope not in ("layer", "model"):
@@ -204,19 +260,15 @@ def plan_cmd(
     parsed = parse_budget(budget)
     with console.status("allocating"):
         alloc = allocate(stats, model_dir, parsed, opts)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    imatrix_path = output.with_name(output.stem + ".imatrix.gguf")
-    method_importance(stats, opts).save(imatrix_path)
-    alloc.plan.extra["imatrix"] = imatrix_path.name
-    if not no_png:
-        png = output.with_suffix(".png")
-        write_png(png, alloc, stats, f"{alloc.plan.method} @ {parsed}: {alloc.expert_bpw:.3f} bits per expert weight")
-    alloc.plan.save(output)
-    _print_plan(alloc, parsed, histogram(alloc, int(stats.manifest["n_experts"])), parts(alloc))
-    out.print(f"wrote {output}, {imatrix_path}" + ("" if no_png else f", {output.with_suffix('.png')}"))
+    written = save_plan(alloc, stats, opts, output, str(parsed), png=not no_png)
+    _print_plan(alloc, parsed)
+    out.print("wrote " + ", ".join(str(p) for p in written))
 
 
-def _print_plan(alloc, budget, hist, part_rows) -> None:
+def _print_plan(alloc, budget) -> None:
+    from mode_edge.allocate.report import histogram, parts
+
+    hist, part_rows = histogram(alloc), parts(alloc)
     table = Table("part", "bytes", "share", title=f"plan: {alloc.plan.method}, budget {budget}")
     for name, b in part_rows:
         table.add_row(name, f"{b:,}", f"{100 * b / max(1, alloc.total_bytes):.1f}%")
@@ -243,6 +295,38 @@ def _check_device(device: str) -> None:
         raise UserError(f"unknown device {device!r}", "use cpu, cuda or mps")
     if not ok[device]:
         raise UserError(f"--device {device} is not available on this machine (torch sees none)", "use --device cpu")
+
+
+@contextlib.contextmanager
+def _calibration_progress(quiet: bool):
+    """Bars for layers and for samples within a layer, with tokens per second."""
+    import time
+
+    from mode_edge.calibrate.runner import Progress as CalProgress
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet,
+                  transient=True) as progress:
+        layers = progress.add_task("layers", total=None, rate="")
+        samples_task = progress.add_task("samples", total=None, rate="")
+        clock = {"t": 0.0, "tokens": 0}
+
+        def on_sample(il: int, n_tokens: int) -> None:
+            if clock["t"] == 0.0:
+                clock["t"] = time.perf_counter()
+            clock["tokens"] += n_tokens
+            rate = clock["tokens"] / max(1e-9, time.perf_counter() - clock["t"])
+            progress.update(samples_task, advance=1, description=f"layer {il}", rate=f"{rate:,.0f} tok/s")
+
+        def on_layer_done(il: int) -> None:
+            progress.update(layers, advance=1)
+            progress.reset(samples_task, rate="")
+
+        yield CalProgress(
+            on_start=lambda n_layers, n_samples: (progress.update(layers, total=n_layers),
+                                                  progress.update(samples_task, total=n_samples)),
+            on_sample=on_sample, on_layer_done=on_layer_done,
+            on_warning=lambda msg: console.print(f"[yellow]warning:[/yellow] {msg}"))
 
 
 CALIBRATE_EPILOG = """Example:
@@ -276,7 +360,7 @@ def calibrate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Measure MODE's expert statistics (frequencies by modality, key tokens, sensitivity)."""
-    from mode_edge.calibrate.runner import CalibrationOptions, Progress as CalProgress
+    from mode_edge.calibrate.runner import CalibrationOptions
     from mode_edge.calibrate.runner import calibrate as run_calibration
     from mode_edge.quant_types import LADDER
 
@@ -288,31 +372,8 @@ def calibrate(
                               device=device,
                               types=[t.strip().upper() for t in types.split(",")] if types else
                               [t.name for t in LADDER])
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet,
-                  transient=True) as progress:
-        layers = progress.add_task("layers", total=None, rate="")
-        samples_task = progress.add_task("samples", total=None, rate="")
-        clock = {"t": 0.0, "tokens": 0}
-
-        def on_sample(il: int, n_tokens: int) -> None:
-            import time
-
-            if clock["t"] == 0.0:
-                clock["t"] = time.perf_counter()
-            clock["tokens"] += n_tokens
-            rate = clock["tokens"] / max(1e-9, time.perf_counter() - clock["t"])
-            progress.update(samples_task, advance=1, description=f"layer {il}", rate=f"{rate:,.0f} tok/s")
-
-        def on_layer_done(il: int) -> None:
-            progress.update(layers, advance=1)
-            progress.reset(samples_task, rate="")
-
-        run_calibration(model_dir, data, output, opts, CalProgress(
-            on_start=lambda n_layers, n_samples: (progress.update(layers, total=n_layers),
-                                                  progress.update(samples_task, total=n_samples)),
-            on_sample=on_sample, on_layer_done=on_layer_done,
-            on_warning=lambda msg: console.print(f"[yellow]warning:[/yellow] {msg}")))
+    with _calibration_progress(quiet) as cal_progress:
+        run_calibration(model_dir, data, output, opts, cal_progress)
     out.print(f"wrote expert statistics to {output}")
 
 

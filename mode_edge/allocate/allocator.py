@@ -78,6 +78,7 @@ class Allocation:
     candidates: list[T]
     attn_types: dict[str, T]            # attention types the ILP chose (--attn-type auto)
     attn_bytes: int
+    n_expert: int
     status: str
     gap: float | None
     seconds: float
@@ -209,6 +210,28 @@ def attention_items(stats: ExpertStats, layout: ModelLayout, method: Method, can
     return AttnItems(names, np.array(sizes, dtype=np.int64), np.array(costs, dtype=np.float64))
 
 
+def check_budget_before_calibration(model_dir: Path, budget: Budget, opts: AllocOptions, types: list[str]) -> None:
+    """Refuse a byte budget below the smallest possible file before hours of calibration:
+    every routed expert at the smallest candidate, everything else as the options say."""
+    if budget.bytes is None:
+        return
+    _check_fixed_types(opts)
+    layout = ModelLayout(model_dir)
+    cands = [parse_type(t) for t in types]
+    smallest = min(cands, key=bits_per_weight)
+    plan = QuantPlan(default=parse_type(opts.other), mmproj=parse_type(opts.mmproj))
+    for spec in layout.text_specs:
+        if spec.role == Role.EXPERT or (spec.role == Role.ATTN and opts.attn == "auto"):
+            plan.tensors[spec.name] = smallest
+        elif spec.role == Role.ATTN and opts.attn:
+            plan.tensors[spec.name] = parse_type(opts.attn)
+    need = sum(layout.file_bytes(plan)) + layout.kv_cache_bytes(opts.context)
+    if need > budget.bytes:
+        raise UserError(f"budget {budget.bytes:,} bytes is below the smallest file these options allow, {need:,} bytes "
+                        f"(routed experts at {smallest.name}, everything else at --other {opts.other})",
+                        f"raise --budget to at least {need:,} bytes ({need / 1e9:.3g} GB) or choose smaller types")
+
+
 def _method_options(stats: ExpertStats, opts: AllocOptions) -> dict[str, Any]:
     measured = {"measured_gamma": stats.manifest["gamma"]} if "gamma" in stats.manifest else {}
     return {**measured, **opts.method_options}
@@ -321,8 +344,9 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
         "planned_bytes": {"text": text_b, "mmproj": mm_b, "kv_reserve": reserve},
         "routed_expert_bytes": expert_bytes, **({"attention_bytes": attn_bytes} if attn is not None else {}), "routed_expert_bpw": round(8.0 * expert_bytes / int(items.params.sum()), 4),
         "solver": {"status": status, "gap": gap}, "stats_data": stats.manifest.get("data"),
+        "importance": method.importance,
         **({"notes": notes} if notes else {}),
     }
     return Allocation(plan, text_b, mm_b, reserve, expert_bytes, int(items.params.sum()), items, choice, cands,
-                      chosen_attn, attn_bytes, status, gap, time.perf_counter() - t0, notes)
+                      chosen_attn, attn_bytes, next(iter(tensors.values())).n_expert, status, gap, time.perf_counter() - t0, notes)
 

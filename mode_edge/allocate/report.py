@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mode_edge.allocate.allocator import Allocation
+from mode_edge.allocate.allocator import AllocOptions, Allocation, method_importance
 from mode_edge.allocate.methods.base import KEY, TEXT, normalised
 from mode_edge.files import atomic_path
 from mode_edge.quant_types import bits_per_weight, fallback
@@ -34,7 +34,7 @@ def parts(alloc: Allocation) -> list[tuple[str, int]]:
             ("KV-cache reserve", alloc.reserve_bytes)]
 
 
-def histogram(alloc: Allocation, n_expert: int) -> list[tuple[str, int, int]]:
+def histogram(alloc: Allocation) -> list[tuple[str, int, int]]:
     """(type, expert projections, bytes), smallest type first."""
     units: Counter = Counter()
     nbytes: Counter = Counter()
@@ -42,7 +42,7 @@ def histogram(alloc: Allocation, n_expert: int) -> list[tuple[str, int, int]]:
     per_item = alloc.items.sizes[rows, alloc.choice]
     for (layer, e, projs), c, b in zip(alloc.items.keys, alloc.choice, per_item):
         t = alloc.candidates[c].name
-        units[t] += len(projs) * (n_expert if e < 0 else 1)
+        units[t] += len(projs) * (alloc.n_expert if e < 0 else 1)
         nbytes[t] += int(b)
     order = [t.name for t in alloc.candidates]
     return [(t, units[t], nbytes[t]) for t in order if units[t]]
@@ -117,6 +117,24 @@ def write_png(path: Path, alloc: Allocation, stats: ExpertStats, title: str) -> 
         x += 16 + 8 * (len(t.name) + 6)
     with atomic_path(Path(path)) as tmp:
         img.save(tmp, format="PNG")
+
+
+def save_plan(alloc: Allocation, stats: ExpertStats, opts: AllocOptions, path: Path, budget_label: str,
+              png: bool = True) -> list[Path]:
+    """PLAN.json plus PLAN.imatrix.gguf (the method's importance, which pack picks up) and
+    PLAN.png; the plan is written last, so it never names files that are not there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imatrix_path = path.with_name(path.stem + ".imatrix.gguf")
+    method_importance(stats, opts).save(imatrix_path)
+    alloc.plan.extra["imatrix"] = imatrix_path.name
+    written = [path, imatrix_path]
+    if png:
+        write_png(path.with_suffix(".png"), alloc, stats,
+                  f"{alloc.plan.method} @ {budget_label}: {alloc.expert_bpw:.3f} bits per expert weight")
+        written.append(path.with_suffix(".png"))
+    alloc.plan.save(path)
+    return written
 
 
 def _share(grid: np.ndarray, rgb: tuple[int, int, int]):

@@ -31,6 +31,7 @@ from mode_edge.signals.attention import AttentionRecorder
 from mode_edge.signals.recorder import KEY, MODALITIES, RED, SENS_MODALITIES, TEXT, LayerRecorder
 from mode_edge.files import write_json_atomic
 from mode_edge.signals.stats import IMATRIX_FILE, ExpertStats, save_arrays_atomic
+from mode_edge.signals.stats import VERSION as STATS_VERSION
 from mode_edge_converters import converter_for
 
 PARTIAL = ".partial"
@@ -114,7 +115,7 @@ def _finished_with(out_dir: Path, identity: dict) -> bool:
         manifest = json.loads((out_dir / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return (out_dir / "expert_stats.safetensors").is_file() and \
+    return (out_dir / "expert_stats.safetensors").is_file() and manifest.get("version") == STATS_VERSION and \
         all(manifest.get(k) == v for k, v in identity.items())
 
 
