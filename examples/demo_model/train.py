@@ -23,14 +23,15 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
-    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    ap.add_argument("--vision-rows", type=int, default=TrainConfig.vision_rows)
+    ap.add_argument("--text-rows", type=int, default=TrainConfig.text_rows)
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     ap.add_argument("--aux-coef", type=float, default=TrainConfig.router_aux_loss_coef)
     ap.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--snapshots", action="store_true", help="save OUT-step<N>/ at every evaluation")
     a = ap.parse_args()
-    cfg = TrainConfig(seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+    cfg = TrainConfig(seed=a.seed, steps=a.steps, vision_rows=a.vision_rows, text_rows=a.text_rows, lr=a.lr,
                       router_aux_loss_coef=a.aux_coef, eval_every=a.eval_every, threads=a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     logf = open(a.out / "train.log", "a")

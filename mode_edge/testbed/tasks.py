@@ -53,9 +53,10 @@ TEXT_TASKS = ("add", "reverse", "sort", "next_letter", "capital")
 TASKS = VISION_TASKS + TEXT_TASKS
 
 SPLIT_SEEDS = {"train": 1_000_003, "calibration": 2_000_003, "test": 3_000_017}
-# Share of vision examples per split. Calibration mirrors the training mix (vision-heavy, as
-# in real MoE-VLM data); test alternates so that both families get the same number.
-VISION_SHARE = {"train": 0.75, "calibration": 0.75, "test": 0.5}
+# Share of vision examples per split. Training sees enough text to learn it; calibration is
+# image+text like the data MODE calibrates on (a few text-only lines keep text experts in
+# view); test alternates so that both families get the same number.
+VISION_SHARE = {"train": 0.75, "calibration": 0.9, "test": 0.5}
 
 
 @dataclass
@@ -162,7 +163,7 @@ def _vision(task: str, rng: random.Random, size: int) -> Example:
         i = rng.randrange(len(colors))
         return Example(task, f"What shape is the {colors[i]} one?", shapes[i], np.asarray(im))
     if task == "count":
-        n = rng.randint(1, 5)
+        n = rng.randint(1, 4)
         im, *_ = _scene(rng, size, n, distinct_colors=False)
         return Example(task, "How many shapes are there?", str(n), np.asarray(im))
     if task == "position":
@@ -199,13 +200,13 @@ def _vision(task: str, rng: random.Random, size: int) -> Example:
 
 def _text(task: str, rng: random.Random) -> Example:
     if task == "add":
-        a, b = rng.randint(0, 30), rng.randint(0, 30)
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
         return Example(task, f"What is {a} + {b}?", str(a + b))
     if task == "reverse":
-        letters = rng.sample(LETTERS, rng.randint(3, 5))
+        letters = rng.sample(LETTERS, rng.randint(3, 4))
         return Example(task, "Reverse: " + " ".join(letters), " ".join(reversed(letters)))
     if task == "sort":
-        digits = rng.sample("0123456789", rng.randint(3, 5))
+        digits = rng.sample("0123456789", rng.randint(3, 4))
         return Example(task, "Sort: " + " ".join(digits), " ".join(sorted(digits)))
     if task == "next_letter":
         i = rng.randrange(len(LETTERS) - 1)
@@ -238,11 +239,21 @@ def split_examples(split: str, n: int, start: int = 0, image_size: int = IMAGE_S
     return [example(split, i, image_size) for i in range(start, start + n)]
 
 
+def family_example(split: str, family: str, i: int, image_size: int = IMAGE_SIZE) -> Example:
+    """Example i of one family's stream of a split (the trainer draws vision and text apart)."""
+    if family not in ("vision", "text"):
+        raise ValueError(f"family must be vision or text, not {family!r}")
+    rng = random.Random((SPLIT_SEEDS[split] * 1_000_003 + i) * 2 + (family == "text"))
+    return make_example(rng.choice(VISION_TASKS if family == "vision" else TEXT_TASKS), rng, image_size)
+
+
 def text_corpus(n: int = 4000) -> list[str]:
-    """Prompts and answers of the training stream (plus every digit and letter), for the tokenizer."""
-    out = [" ".join("0123456789"), " ".join(LETTERS), " ".join(LETTERS.upper()),
-           "system\nuser\nassistant\nYou are a helpful assistant."] * 8
-    out += [f"{ex.prompt}\n{ex.answer}" for ex in split_examples("train", n)]
+    """Prompts and answers like the training streams' (plus every digit, letter and chat role), for the tokenizer."""
+    out = [" ".join("0123456789"), " ".join(LETTERS), " ".join(LETTERS.upper())] * 8
+    out += ["system\nuser\nassistant\n"] * max(200, n // 4)  # the chat roles become single tokens
+    for i in range(n):
+        ex = family_example("train", "vision" if i % 2 == 0 else "text", i // 2, image_size=64)
+        out.append(f"{ex.prompt}\n{ex.answer}")
     return out
 
 

@@ -29,7 +29,9 @@ IGNORE = -100
 class TrainConfig:
     seed: int = 0
     steps: int = 1500
-    batch_size: int = 32
+    vision_rows: int = 28   # rows per step holding one picture and its question
+    text_rows: int = 4      # rows per step holding text_turns text-only questions (a multi-turn chat)
+    text_turns: int = 5
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup: int = 100
@@ -96,18 +98,29 @@ class Encoder:
         return self.tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [self.end_id]
 
     def batch(self, examples: list[tasks.Example]) -> dict:
-        """Right-padded batch with labels on the answer tokens only."""
+        """One single-turn conversation per row (what eval and calibration see)."""
+        return self.batch_rows([[ex] for ex in examples])
+
+    def batch_rows(self, conversations: list[list[tasks.Example]]) -> dict:
+        """Right-padded batch, one multi-turn conversation per row, labels on the answer tokens
+        (and the <|im_end|> closing each) only. Turns are joined as the chat template joins them."""
         import torch
 
+        newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
         rows, labels, pix, grids = [], [], [], []
-        for ex in examples:
-            r = self.prompt(ex)
-            ans = self.answer_ids(ex)
-            rows.append(np.concatenate([r.input_ids, ans]))
-            labels.append(np.concatenate([np.full(len(r.input_ids), IGNORE), ans]))
-            if r.pixel_values is not None:
-                pix.append(r.pixel_values)
-                grids.append(r.image_grid_thw)
+        for conv in conversations:
+            ids, lab = [], []
+            for k, ex in enumerate(conv):
+                r = self.prompt(ex)
+                ans = self.answer_ids(ex)
+                sep = newline if k + 1 < len(conv) else []
+                ids += [r.input_ids, ans, np.asarray(sep, dtype=np.int64)]
+                lab += [np.full(len(r.input_ids), IGNORE), ans, np.full(len(sep), IGNORE)]
+                if r.pixel_values is not None:
+                    pix.append(r.pixel_values)
+                    grids.append(r.image_grid_thw)
+            rows.append(np.concatenate(ids))
+            labels.append(np.concatenate(lab))
         T = max(len(r) for r in rows)
         ids = np.full((len(rows), T), self.pad_id, dtype=np.int64)
         lab = np.full((len(rows), T), IGNORE, dtype=np.int64)
@@ -190,6 +203,15 @@ def routing_summary(counts: np.ndarray, mostly: float = 0.5) -> dict:
     }
 
 
+def training_rows(step: int, cfg: TrainConfig) -> list[list[tasks.Example]]:
+    """The conversations of one step: a fixed function of the step (the train split's streams)."""
+    v0, t0 = step * cfg.vision_rows, step * cfg.text_rows * cfg.text_turns
+    rows = [[tasks.family_example("train", "vision", v0 + i, cfg.image_size)] for i in range(cfg.vision_rows)]
+    rows += [[tasks.family_example("train", "text", t0 + i * cfg.text_turns + k) for k in range(cfg.text_turns)]
+             for i in range(cfg.text_rows)]
+    return rows
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -232,8 +254,7 @@ def train(out_dir: Path, cfg: TrainConfig, log: Callable[[dict], None] = lambda 
     held_out = tasks.split_examples("test", cfg.eval_samples, start=100_000, image_size=cfg.image_size)
     history = []
     for step in range(cfg.steps):
-        batch = enc.batch(tasks.split_examples("train", cfg.batch_size, start=step * cfg.batch_size,
-                                               image_size=cfg.image_size))
+        batch = enc.batch_rows(training_rows(step, cfg))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         out = model(**batch, output_router_logits=True)
