@@ -461,6 +461,42 @@ def eval_cmd(
         out.print(f"reference {res.reference}; KL(reference ‖ model) in nats per answer token")
 
 
+runtime_app = typer.Typer(help="mode-edge's patched llama.cpp (per-expert types): build and check it.",
+                          no_args_is_help=True)
+app.add_typer(runtime_app, name="runtime")
+
+
+@runtime_app.command("build", epilog="Example: mode-edge runtime build --cuda")
+def runtime_build(
+    cuda: bool = typer.Option(False, "--cuda", help="Build the CUDA backend (needs the CUDA toolkit)."),
+    metal: bool = typer.Option(False, "--metal", help="Build the Metal backend (Apple)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if a cached wheel exists."),
+    no_install: bool = typer.Option(False, "--no-install", help="Only build (or find) the wheel."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs (default: all cores)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every command."),
+) -> None:
+    """Fetch llama-cpp-python 0.3.36 from the package index, apply vendor/llama.cpp.patch, build, install."""
+    from mode_edge.runtime.build import build
+
+    with console.status("building the patched llama.cpp (about 5 minutes on 2 cores; cached afterwards)"):
+        wheel = build(cuda=cuda, metal=metal, force=force, jobs=jobs, install=not no_install,
+                      log=(lambda m: console.print(m, highlight=False)) if verbose else (lambda m: None))
+    out.print(f"{'built' if no_install else 'installed'} {wheel}")
+
+
+@runtime_app.command("status")
+def runtime_status() -> None:
+    """Say whether the installed llama.cpp is mode-edge's patched build, and what it supports."""
+    from mode_edge.runtime.build import CPU_SKIP, capabilities
+
+    caps = capabilities()
+    if caps == 0:
+        out.print("stock llama.cpp (no expert-group support): run `mode-edge runtime build`")
+        return
+    out.print(f"mode-edge runtime, capabilities {caps}: " + ", ".join(
+        name for bit, name in ((CPU_SKIP, "CPU mul_mat_id skips out-of-group experts"),) if caps & bit))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)

@@ -1,0 +1,151 @@
+"""`mode-edge runtime build`: llama-cpp-python 0.3.36 from the package index, our patch, a wheel.
+
+The source release is fetched with pip (never committed here), vendor/llama.cpp.patch is
+applied to its bundled llama.cpp (a patch that no longer applies is reported, not forced),
+and the wheel is built with pip and installed into the running environment. Wheels are
+cached under $MODE_EDGE_CACHE (default ~/.cache/mode-edge) by (version, patch hash, build
+flags), so a reinstall is a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from mode_edge.errors import UserError
+
+VERSION = "0.3.36"
+PACKAGE = "llama-cpp-python"
+
+
+def patch_path() -> Path:
+    env = os.environ.get("MODE_EDGE_PATCH")
+    p = Path(env) if env else Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp.patch"
+    if not p.is_file():
+        raise UserError(f"the runtime patch {p} is missing", "run from a mode-edge checkout (pip install -e .)")
+    return p
+
+
+def cmake_flags(cuda: bool, metal: bool) -> list[str]:
+    flags = []
+    if cuda:
+        flags.append("-DGGML_CUDA=on")
+    if metal:
+        flags.append("-DGGML_METAL=on")
+    return flags
+
+
+def cache_dir(flags: list[str]) -> Path:
+    root = Path(os.environ.get("MODE_EDGE_CACHE") or Path.home() / ".cache" / "mode-edge")
+    key = hashlib.sha256(patch_path().read_bytes() + f"{VERSION}|{' '.join(flags)}".encode()).hexdigest()[:16]
+    return root / "runtime" / f"{VERSION}-{key}"
+
+
+def _run(cmd: list[str], log: Callable[[str], None], **kw) -> None:
+    log("$ " + " ".join(cmd))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-30:])
+        raise UserError(f"`{' '.join(cmd[:4])} …` failed (exit {proc.returncode}):\n{tail}",
+                        "see the output above; network access to the package index is needed")
+
+
+def _apply(src: Path, patch: Path, log: Callable[[str], None]) -> None:
+    llama = src / "vendor" / "llama.cpp"
+    check = subprocess.run(["patch", "-p1", "--dry-run", "--forward", "-i", str(patch)], cwd=llama,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if check.returncode != 0:
+        first = next((line for line in check.stdout.splitlines() if "FAILED" in line or "can't find" in line),
+                     check.stdout.strip().splitlines()[-1] if check.stdout.strip() else "unknown reason")
+        raise UserError(f"vendor/llama.cpp.patch no longer applies to {PACKAGE} {VERSION}: {first}",
+                        "update the patch against this release (see vendor/README.md)")
+    _run(["patch", "-p1", "--forward", "-i", str(patch)], log, cwd=llama)
+
+
+def build(cuda: bool = False, metal: bool = False, force: bool = False, jobs: int | None = None,
+          install: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Build (or take from the cache) the patched wheel; install it unless install=False."""
+    flags = cmake_flags(cuda, metal)
+    cache = cache_dir(flags)
+    wheels = sorted(cache.glob("*.whl"))
+    if force or not wheels:
+        wheels = [_build_wheel(cache, flags, jobs, log)]
+    else:
+        log(f"using the cached wheel {wheels[0]}")
+    if install:
+        _run([sys.executable, "-m", "pip", "install", "--force-reinstall", "--no-deps", str(wheels[0])], log)
+        _run([sys.executable, "-m", "pip", "install", str(wheels[0])], log)   # its dependencies, if missing
+    return wheels[0]
+
+
+def _build_wheel(cache: Path, flags: list[str], jobs: int | None, log: Callable[[str], None]) -> Path:
+    patch = patch_path()
+    with tempfile.TemporaryDirectory(prefix="mode-edge-runtime-") as tmp:
+        tmp = Path(tmp)
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+              f"{PACKAGE}=={VERSION}", "-d", str(tmp / "dl")], log)
+        archive = next((tmp / "dl").glob("*.tar.gz"))
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp / "src", filter="data")
+        src = next((tmp / "src").iterdir())
+        _apply(src, patch, log)
+        env = dict(os.environ, CMAKE_ARGS=" ".join(flags),
+                   CMAKE_BUILD_PARALLEL_LEVEL=str(jobs or os.cpu_count() or 2))
+        out = tmp / "wheel"
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(src)], log, env=env)
+        wheel = next(out.glob("*.whl"))
+        partial = cache.with_name(cache.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        shutil.copy2(wheel, partial / wheel.name)
+        shutil.rmtree(cache, ignore_errors=True)
+        partial.rename(cache)
+        return cache / wheel.name
+
+
+def capabilities() -> int:
+    """The installed llama.cpp's mode-edge capability bits; 0 for a stock build."""
+    from llama_cpp import llama_cpp as lib
+
+    fn = getattr(lib._lib, "llama_mode_edge_capabilities", None)
+    if fn is None:
+        return 0
+    fn.restype = __import__("ctypes").c_int32
+    fn.argtypes = []
+    return int(fn())
+
+
+CPU_SKIP = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mode_edge.runtime.build` works before mode-edge is installed (stdlib only), so a
+    fresh install builds llama-cpp-python once, patched, and `pip install -e .` finds it there."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mode_edge.runtime.build", description=__doc__)
+    ap.add_argument("--cuda", action="store_true")
+    ap.add_argument("--metal", action="store_true")
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--no-install", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        wheel = build(args.cuda, args.metal, args.force, install=not args.no_install,
+                      log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"{'built' if args.no_install else 'installed'} {wheel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""ggml's CPU mul_mat_id in mode-edge's runtime: ids of -1 (an expert outside the group) compute
+nothing and leave zeros, even where the output buffer held garbage; all other rows are the
+matrix products. Checked op by op through ctypes on the installed libggml, against numpy and
+gguf-py's dequantizer (references nobody here wrote)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, dequantize
+
+from mode_edge.quantize.ggml_lib import quantize_rows
+from mode_edge.runtime.build import CPU_SKIP, capabilities
+
+T = GGMLQuantizationType
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def _libs():
+    import llama_cpp
+
+    d = Path(llama_cpp.__file__).parent / "lib"
+    base = ctypes.CDLL(str(sorted(d.glob("libggml-base.*"))[0]), mode=ctypes.RTLD_GLOBAL)
+    cpu = ctypes.CDLL(str(sorted(d.glob("libggml-cpu.*"))[0]), mode=ctypes.RTLD_GLOBAL)
+    p = ctypes.c_void_p
+    base.ggml_init.argtypes, base.ggml_init.restype = [_InitParams], p
+    base.ggml_free.argtypes, base.ggml_free.restype = [p], None
+    base.ggml_new_tensor_3d.argtypes = [p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    base.ggml_new_tensor_3d.restype = p
+    base.ggml_new_tensor_2d.argtypes = [p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    base.ggml_new_tensor_2d.restype = p
+    base.ggml_mul_mat_id.argtypes, base.ggml_mul_mat_id.restype = [p, p, p, p], p
+    base.ggml_new_graph.argtypes, base.ggml_new_graph.restype = [p], p
+    base.ggml_build_forward_expand.argtypes, base.ggml_build_forward_expand.restype = [p, p], None
+    base.ggml_get_data.argtypes, base.ggml_get_data.restype = [p], p
+    base.ggml_nbytes.argtypes, base.ggml_nbytes.restype = [p], ctypes.c_size_t
+    cpu.ggml_graph_compute_with_ctx.argtypes = [p, p, ctypes.c_int]
+    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+    return base, cpu
+
+
+def mul_mat_id(weights: bytes, wtype: T, K: int, N: int, E: int, b: np.ndarray, ids: np.ndarray,
+               threads: int = 2) -> np.ndarray:
+    """ggml_mul_mat_id(as [E, N, K] of wtype, b [T, n_b, K], ids [T, n_used]) -> [T, n_used, N],
+    computed in a context whose memory starts as NaN."""
+    base, cpu = _libs()
+    size = 64 * 1024 * 1024
+    buf = (ctypes.c_uint8 * size)()
+    ctypes.memset(buf, 0xFF, size)                      # every float in the arena is a NaN
+    ctx = base.ggml_init(_InitParams(size, ctypes.cast(buf, ctypes.c_void_p), False))
+    try:
+        Tn, n_b, _ = b.shape
+        n_used = ids.shape[1]
+        a_t = base.ggml_new_tensor_3d(ctx, int(wtype), K, N, E)
+        b_t = base.ggml_new_tensor_3d(ctx, int(T.F32), K, n_b, Tn)
+        i_t = base.ggml_new_tensor_2d(ctx, int(T.I32), n_used, Tn)
+        assert base.ggml_nbytes(a_t) == len(weights)
+        ctypes.memmove(base.ggml_get_data(a_t), weights, len(weights))
+        bb = np.ascontiguousarray(b, dtype=np.float32).tobytes()
+        ctypes.memmove(base.ggml_get_data(b_t), bb, len(bb))
+        ib = np.ascontiguousarray(ids, dtype=np.int32).tobytes()
+        ctypes.memmove(base.ggml_get_data(i_t), ib, len(ib))
+        out = base.ggml_mul_mat_id(ctx, a_t, b_t, i_t)
+        gf = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(gf, out)
+        assert cpu.ggml_graph_compute_with_ctx(ctx, gf, threads) == 0
+        n = Tn * n_used * N
+        res = np.frombuffer(ctypes.string_at(base.ggml_get_data(out), 4 * n), dtype=np.float32)
+        return res.reshape(Tn, n_used, N).copy()
+    finally:
+        base.ggml_free(ctx)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patched_runtime():
+    assert capabilities() & CPU_SKIP, "the installed llama.cpp is stock: run `mode-edge runtime build`"
+
+
+@pytest.mark.parametrize("wtype", [T.F32, T.Q8_0, T.Q4_K, T.Q2_K])
+@pytest.mark.parametrize("n_b", [1, 4])   # MoE input broadcast over the slots, or one row per slot
+def test_out_of_group_ids_give_zeros_and_the_rest_is_the_product(wtype, n_b):
+    rng = np.random.default_rng(int(wtype) * 10 + n_b)
+    K, N, E, Tn, n_used = 256, 64, 6, 9, 4
+    w = rng.standard_normal((E, N, K)).astype(np.float32)
+    if wtype == T.F32:
+        data, wq = w.tobytes(), w
+    else:
+        q = quantize_rows(wtype, w.reshape(E * N, K), None)
+        data = q.tobytes()
+        wq = dequantize(q.reshape(E * N, -1), wtype).reshape(E, N, K)
+    b = rng.standard_normal((Tn, n_b, K)).astype(np.float32)
+    ids = rng.integers(0, E, size=(Tn, n_used)).astype(np.int32)
+    ids[rng.random(ids.shape) < 0.4] = -1               # out of this group
+    ids[0, :] = -1                                       # a token with no expert in the group
+    got = mul_mat_id(data, wtype, K, N, E, b, ids)
+    assert np.isfinite(got).all()                        # no NaN from the poisoned arena survives
+    skip = ids < 0
+    assert (got[skip] == 0).all()
+    want = np.einsum("tjk,tjnk->tjn", b[:, np.arange(n_used) % n_b],
+                     wq[np.where(skip, 0, ids)].astype(np.float64))
+    tol = 1e-4 if wtype == T.F32 else 3e-2             # quantized types use an 8-bit activation copy
+    scale = np.abs(want[~skip]).max()
+    assert np.abs(got[~skip] - want[~skip]).max() <= tol * scale
+
+
+def test_group_sum_equals_the_whole_tensor():
+    """Splitting the experts into two groups with -1 outside each and summing the two results
+    gives exactly the one-tensor product (the graph the runtime builds per projection)."""
+    rng = np.random.default_rng(7)
+    K, N, E, Tn, n_used = 256, 32, 8, 5, 3
+    w = rng.standard_normal((E, N, K)).astype(np.float32)
+    b = rng.standard_normal((Tn, 1, K)).astype(np.float32)
+    ids = np.stack([rng.choice(E, n_used, replace=False) for _ in range(Tn)]).astype(np.int32)
+    whole = mul_mat_id(w.tobytes(), T.F32, K, N, E, b, ids)
+    groups = [np.array([0, 3, 5, 6]), np.array([1, 2, 4, 7])]        # interleaved ids
+    total = np.zeros_like(whole)
+    for g in groups:
+        local = np.full(E, -1, dtype=np.int32)
+        local[g] = np.arange(len(g))
+        total += mul_mat_id(w[g].tobytes(), T.F32, K, N, len(g), b, local[ids])
+    assert np.array_equal(total, whole)
