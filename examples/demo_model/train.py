@@ -29,10 +29,15 @@ def main() -> None:
     ap.add_argument("--aux-coef", type=float, default=TrainConfig.router_aux_loss_coef)
     ap.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--init-from", type=Path, default=None, help="continue from a checkpoint this script saved")
+    ap.add_argument("--data-offset", type=int, default=0, help="first step of the data stream (continuing)")
+    ap.add_argument("--warmup", type=int, default=TrainConfig.warmup)
     ap.add_argument("--snapshots", action="store_true", help="save OUT-step<N>/ at every evaluation")
     a = ap.parse_args()
     cfg = TrainConfig(seed=a.seed, steps=a.steps, vision_rows=a.vision_rows, text_rows=a.text_rows, lr=a.lr,
-                      router_aux_loss_coef=a.aux_coef, eval_every=a.eval_every, threads=a.threads)
+                      router_aux_loss_coef=a.aux_coef, eval_every=a.eval_every, threads=a.threads,
+                      init_from=str(a.init_from) if a.init_from else None, data_offset=a.data_offset,
+                      warmup=a.warmup)
     a.out.mkdir(parents=True, exist_ok=True)
     logf = open(a.out / "train.log", "a")
 

@@ -50,6 +50,8 @@ class TrainConfig:
     router_aux_loss_coef: float = 0.01
     image_size: int = tasks.IMAGE_SIZE
     save_dtype: str = "bfloat16"
+    init_from: str | None = None  # continue from a checkpoint this trainer saved (its tokenizer too)
+    data_offset: int = 0          # first step of the data stream (continuing: the steps already seen)
     eval_every: int = 250
     eval_samples: int = 208
     threads: int | None = None
@@ -225,6 +227,16 @@ def build_untrained(out_dir: Path, cfg: TrainConfig):
     from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
 
     out_dir = Path(out_dir)
+    if cfg.init_from:
+        import shutil
+
+        src = Path(cfg.init_from)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"):
+            shutil.copy(src / name, out_dir / name)
+        model = Qwen3VLMoeForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
+        model.config.dtype = "float32"
+        return model, Encoder.from_dir(src)
     tok = train_tiny_tokenizer(cfg.vocab_size, corpus=tasks.text_corpus(cfg.corpus_size))
     special = save_tokenizer(tok, out_dir, model_max_length=1024)
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2))
@@ -254,7 +266,7 @@ def train(out_dir: Path, cfg: TrainConfig, log: Callable[[dict], None] = lambda 
     held_out = tasks.split_examples("test", cfg.eval_samples, start=100_000, image_size=cfg.image_size)
     history = []
     for step in range(cfg.steps):
-        batch = enc.batch_rows(training_rows(step, cfg))
+        batch = enc.batch_rows(training_rows(cfg.data_offset + step, cfg))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         out = model(**batch, output_router_logits=True)
