@@ -461,6 +461,76 @@ def eval_cmd(
         out.print(f"reference {res.reference}; KL(reference ‖ model) in nats per answer token")
 
 
+CHAT_EPILOG = """Examples:
+
+  mode-edge chat out/ --image photo.jpg                 (interactive; the mmproj is found in out/)
+
+  mode-edge chat out/model-mode-12gb.gguf --image photo.jpg --prompt "What is in the picture?"
+
+In the interactive chat: /image PATH attaches an image to the next message, /reset forgets
+the conversation, /quit (or Ctrl-D) leaves.
+"""
+
+
+@app.command(epilog=CHAT_EPILOG)
+def chat(
+    model: Path = typer.Argument(..., help="A folder written by `mode-edge convert`, or a text GGUF."),
+    mmproj: Optional[Path] = typer.Option(None, "--mmproj", help="Vision projector (default: found beside MODEL)."),
+    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image(s) for the first message."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Ask once, print the answer, exit."),
+    n_gpu_layers: int = typer.Option(0, "--n-gpu-layers", "-ngl", help="Layers to offload to the GPU (-1: all)."),
+    ctx: int = typer.Option(4096, "--ctx", help="Context length in tokens."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Longest answer."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: llama.cpp's choice)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show llama.cpp's log."),
+) -> None:
+    """Chat with a converted model in the terminal (images through its vision projector)."""
+    from mode_edge.evaluate.runner import resolve_model
+    from mode_edge.run.chat import Chat, image_url
+
+    text_path, mmproj_path = resolve_model(model, mmproj)
+    images = list(image or [])
+    for p in images:
+        image_url(p)   # unreadable images fail before the model loads
+    session = Chat(text_path, mmproj_path, n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose)
+    try:
+        if prompt is not None:
+            for piece in session.ask(prompt, images, max_tokens, temperature):
+                out.print(piece, end="", highlight=False, markup=False)
+            out.print()
+            return
+        console.print(f"[bold]{text_path.name}[/bold] — /image PATH, /reset, /quit")
+        pending = images
+        while True:
+            try:
+                line = input("> ").strip()
+            except EOFError:
+                break
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            if line == "/reset":
+                session.reset()
+                pending = []
+                continue
+            if line.startswith("/image "):
+                p = Path(line[len("/image "):].strip())
+                try:
+                    image_url(p)
+                    pending.append(p)
+                except UserError as e:
+                    console.print(f"[red]error:[/red] {e}")
+                continue
+            for piece in session.ask(line, pending, max_tokens, temperature):
+                out.print(piece, end="", highlight=False, markup=False)
+            out.print()
+            pending = []
+    finally:
+        session.close()
+
+
 runtime_app = typer.Typer(help="mode-edge's patched llama.cpp (per-expert types): build and check it.",
                           no_args_is_help=True)
 app.add_typer(runtime_app, name="runtime")
@@ -487,14 +557,15 @@ def runtime_build(
 @runtime_app.command("status")
 def runtime_status() -> None:
     """Say whether the installed llama.cpp is mode-edge's patched build, and what it supports."""
-    from mode_edge.runtime.build import CPU_SKIP, capabilities
+    from mode_edge.runtime.build import CPU_SKIP, GROUPS, capabilities
 
     caps = capabilities()
     if caps == 0:
         out.print("stock llama.cpp (no expert-group support): run `mode-edge runtime build`")
         return
     out.print(f"mode-edge runtime, capabilities {caps}: " + ", ".join(
-        name for bit, name in ((CPU_SKIP, "CPU mul_mat_id skips out-of-group experts"),) if caps & bit))
+        name for bit, name in ((CPU_SKIP, "CPU mul_mat_id skips out-of-group experts"),
+                               (GROUPS, "loads and runs files with expert groups")) if caps & bit))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -46,7 +46,8 @@ def resolve_model(path: Path, mmproj: Path | None = None) -> tuple[Path, Path]:
     """(text GGUF, mmproj GGUF) from a GGUF file or an output folder of `mode-edge convert`."""
     path = Path(path)
     if path.is_dir():
-        texts = sorted(p for p in path.glob("*.gguf") if p.is_file() and not p.name.startswith("mmproj-"))
+        texts = sorted(p for p in path.glob("*.gguf") if p.is_file() and not p.name.startswith("mmproj-")
+                       and not p.name.endswith(".imatrix.gguf"))   # convert --budget leaves plan.imatrix.gguf
         if not texts:
             raise UserError(f"no text GGUF in {path}", "pass a folder written by `mode-edge convert` or a .gguf file")
         if len(texts) > 1:

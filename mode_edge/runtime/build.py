@@ -123,6 +123,7 @@ def capabilities() -> int:
 
 
 CPU_SKIP = 1
+GROUPS = 2
 
 
 def main(argv: list[str] | None = None) -> int:

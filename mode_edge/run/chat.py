@@ -1,0 +1,83 @@
+"""`mode-edge chat`: a terminal chat with a converted model, images included, through
+llama-cpp-python's multimodal (mtmd) chat handler and the model's own chat template."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Iterator
+
+from mode_edge.errors import UserError
+
+
+def needs_patched_runtime(text_path: Path) -> bool:
+    from gguf import GGUFReader
+
+    from mode_edge.gguf.groups import GROUPS_KEY
+
+    return GGUFReader(text_path).get_field(GROUPS_KEY) is not None
+
+
+def check_runtime(text_path: Path) -> None:
+    from mode_edge.runtime.build import GROUPS, capabilities
+
+    if needs_patched_runtime(text_path) and not capabilities() & GROUPS:
+        raise UserError(f"{text_path.name} gives experts of one tensor different types (expert groups), which the "
+                        "installed llama.cpp cannot run", "run `mode-edge runtime build` once, then try again")
+
+
+def image_url(path: Path) -> str:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, format="PNG")
+    except FileNotFoundError:
+        raise UserError(f"image {path} does not exist", "check the path") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path} ({e.__class__.__name__})", "pass a PNG, JPEG or WebP file") from None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+class Chat:
+    def __init__(self, text_path: Path, mmproj_path: Path, n_ctx: int = 4096, n_gpu_layers: int = 0,
+                 threads: int | None = None, verbose: bool = False):
+        import llama_cpp
+        from llama_cpp.llama_chat_format import MTMDChatHandler
+
+        check_runtime(text_path)
+        if not verbose:  # mtmd logs every chunk it tokenizes; route it through llama-cpp-python's filter
+            import llama_cpp.mtmd_cpp as mtmd
+            from llama_cpp._logger import llama_log_callback
+
+            mtmd.mtmd_log_set(llama_log_callback, None)
+            mtmd.mtmd_helper_log_set(llama_log_callback, None)
+        handler = MTMDChatHandler(clip_model_path=str(mmproj_path), verbose=verbose, use_gpu=n_gpu_layers != 0)
+        try:
+            self.llm = llama_cpp.Llama(str(text_path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, verbose=verbose,
+                                       chat_handler=handler, **({"n_threads": threads} if threads else {}))
+        except ValueError as e:
+            raise UserError(f"llama.cpp could not load {text_path.name} ({e})",
+                            "rerun with --verbose to see llama.cpp's reason") from None
+        self.messages: list[dict] = []
+
+    def ask(self, text: str, images: list[Path] = (), max_tokens: int = 512,
+            temperature: float = 0.0) -> Iterator[str]:
+        content = [{"type": "image_url", "image_url": {"url": image_url(p)}} for p in images]
+        content.append({"type": "text", "text": text})
+        self.messages.append({"role": "user", "content": content if images else text})
+        pieces = []
+        for chunk in self.llm.create_chat_completion(messages=self.messages, max_tokens=max_tokens,
+                                                     temperature=temperature, seed=0, stream=True):
+            piece = chunk["choices"][0]["delta"].get("content") or ""
+            pieces.append(piece)
+            yield piece
+        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+
+    def reset(self) -> None:
+        self.messages.clear()
+
+    def close(self) -> None:
+        self.llm.close()
