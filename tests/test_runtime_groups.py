@@ -1,0 +1,177 @@
+"""Files with expert groups in mode-edge's runtime (vendor/llama.cpp.patch), end to end through
+llama-cpp-python: logits against stock files written by gguf-py, the fallback path against the
+skip path, and malformed files refused at load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+
+from mode_edge.allocate.plan import QuantPlan
+from mode_edge.gguf.export import export_model
+from mode_edge.runtime.build import capabilities
+from tests.gguf_rewrite import degroup_to_f32, regroup
+
+T = GGMLQuantizationType
+GROUPS_CAP = 2
+PROMPT = "<|im_start|>user\nWhat is 12 + 30? Count the circles.<|im_end|>\n<|im_start|>assistant\n"
+
+LOGITS_SCRIPT = """
+import json, sys
+import numpy as np
+import llama_cpp
+llm = llama_cpp.Llama(sys.argv[1], n_ctx=128, n_threads=2, verbose=False, logits_all=True,
+                      type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+llm.eval(llm.tokenize(sys.argv[2].encode(), special=True))
+np.save(sys.argv[3], np.asarray(llm.scores[: llm.n_tokens], dtype=np.float32))
+"""
+
+
+def logits(path, tmp_path, env=None) -> np.ndarray:
+    """Logits of every prompt position, computed in a fresh process (the runtime reads
+    MODE_EDGE_GROUPS_FALLBACK once per process)."""
+    out = tmp_path / f"logits-{path.stem}-{len(os.listdir(tmp_path))}.npy"
+    proc = subprocess.run([sys.executable, "-c", LOGITS_SCRIPT, str(path), PROMPT, str(out)],
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return np.load(out)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patched_runtime():
+    assert capabilities() & GROUPS_CAP, "the installed llama.cpp cannot load expert groups: run `mode-edge runtime build`"
+
+
+@pytest.fixture(scope="module")
+def stock(tiny_models, tmp_path_factory):
+    """The tiny model as stock files: F32, and Q4_K experts (everything else F32)."""
+    model = tiny_models["transformers"]
+    out = {}
+    for t in (T.F32, T.Q4_K):
+        plan = QuantPlan(method=f"ref-{t.name}", default=T.F32)
+        from mode_edge.gguf.tensors import Role
+        from mode_edge.checkpoint import Checkpoint
+        from mode_edge_converters import converter_for
+
+        for s in converter_for(Checkpoint(model)).text_tensors():
+            if s.role == Role.EXPERT:
+                plan.tensors[s.name] = t
+        out[t.name] = export_model(model, tmp_path_factory.mktemp(f"stock-{t.name}"), None, plan=plan,
+                                   label=t.name.lower()).text_path
+    return out
+
+
+def test_same_type_groups_give_the_stock_logits(stock, tmp_path):
+    """Experts split into three interleaved groups, bytes unchanged: every slot is computed by
+    exactly one group and the others add exact zeros, so the logits are the stock file's."""
+    grouped = tmp_path / "grouped-q4k.gguf"
+    regroup(stock["Q4_K"], grouped, n_groups=3)
+    ref, got = logits(stock["Q4_K"], tmp_path), logits(grouped, tmp_path)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    assert np.array_equal(got, ref)
+
+
+def _mixed_types(n_expert: int, shift: int) -> list[T]:
+    ladder = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q8_0]
+    return [ladder[(e * 3 + shift) % 4] for e in range(n_expert)]
+
+
+@pytest.fixture(scope="module")
+def mixed(stock, tmp_path_factory):
+    """Experts of mixed types (Q2_K/Q3_K/Q4_K/Q8_0, interleaved; gate, up and down grouped
+    differently) requantized from the F32 file, and the same weights dequantized into stock F32."""
+    from gguf import GGUFReader
+
+    d = tmp_path_factory.mktemp("mixed")
+    r = GGUFReader(stock["F32"])
+    names = [t.name for t in r.tensors if "_exps." in t.name]
+    E = next(int(t.shape[-1]) for t in r.tensors if "_exps." in t.name)   # ggml order: ne[2] = experts
+    types = {n: _mixed_types(E, i) for i, n in enumerate(names)}
+    groups = {n: [list(dict.fromkeys(types[n])).index(t) for t in types[n]] for n in names}
+    grouped = d / "mixed.gguf"
+    regroup(stock["F32"], grouped, groups=groups, types=types)
+    ref = d / "mixed-dequantized-f32.gguf"
+    degroup_to_f32(grouped, ref)
+    # the same experts and types in twice as many groups, listed in another order
+    def resplit_of(g: list[int]) -> list[int]:
+        n = len(set(g))
+        rank = [sum(1 for f in range(e) if g[f] == g[e]) for e in range(len(g))]   # place within its group
+        return [2 * (n - 1 - g[e]) + rank[e] % 2 for e in range(len(g))]
+
+    split = {n: resplit_of(g) for n, g in groups.items()}
+    resplit = d / "mixed-resplit.gguf"
+    regroup(stock["F32"], resplit, groups=split, types=types)
+    return grouped, ref, resplit
+
+
+def test_mixed_types_match_the_dequantized_stock_file(mixed, tmp_path):
+    grouped, ref, _ = mixed
+    a, b = logits(ref, tmp_path), logits(grouped, tmp_path)
+    span = float(a.max() - a.min())
+    diff = np.abs(a - b)
+    # identical weights; but the quantized kernels round activations to 8 bits and F32 ones do
+    # not, and in a random tiny model that noise can flip a top-k routing choice at a position
+    # (an all-Q2_K control shows the same 0.6-0.9% of the logit range elsewhere)
+    assert (diff.max(-1) <= 0.02 * span).mean() >= 0.9
+    assert diff.mean() <= 0.005 * span
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.85
+
+
+def test_regrouping_mixed_types_is_exact(mixed, tmp_path):
+    """Per-expert types fixed, grouping changed (more groups, other order, interleaved): the same
+    logits up to float rounding (a misplaced expert would move them by O(1)), so experts are
+    found wherever their group puts them."""
+    grouped, _, resplit = mixed
+    a, b = logits(grouped, tmp_path), logits(resplit, tmp_path)
+    assert np.abs(a - b).max() <= 1e-5 * float(a.max() - a.min())
+
+
+LOAD_SCRIPT = """
+import sys, llama_cpp
+try:
+    llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=True)
+except Exception as e:
+    print("refused:", e)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("case", ["repeated", "out_of_range", "missing", "wrong_shape"])
+def test_malformed_grouped_files_are_refused_at_load(stock, tmp_path, case):
+    from gguf import GGUFReader, GGUFWriter
+
+    good = tmp_path / "good.gguf"
+    regroup(stock["Q4_K"], good, n_groups=2)
+    bad = tmp_path / f"{case}.gguf"
+    r = GGUFReader(good)
+    w = GGUFWriter(bad, r.fields["general.architecture"].contents())
+    from tests.gguf_rewrite import _copy_metadata
+    _copy_metadata(r, w, drop=set())
+    target = "blk.0.ffn_up_exps.g1"
+    for t in r.tensors:
+        data = np.ascontiguousarray(t.data)
+        if t.name == target + ".ids":
+            ids = data.astype(np.int32).copy()
+            if case == "repeated":
+                ids[0] = 0                       # expert 0 is already in group 0
+            elif case == "out_of_range":
+                ids[-1] = 10_000
+            elif case == "wrong_shape":
+                ids = np.concatenate([ids, ids[:1]])
+            data = ids
+        if case == "missing" and t.name.startswith(target):
+            continue                             # a whole group gone: its experts are in none
+        w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    proc = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-1500:])   # an exception, not a crash
+    assert "mode-edge expert groups" in proc.stderr
+
