@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--from", dest="from_", type=Path)
     ap.add_argument("--training", type=Path, action="append", default=[])
     ap.add_argument("--command", action="append", default=[])
+    ap.add_argument("--note", type=Path, help="markdown appended to the card (limits, what worked)")
     ap.add_argument("--gguf-dir", type=Path, help="where the F32 GGUF goes (converted if missing)")
     ap.add_argument("--test", type=int, default=520, help="test samples (families alternate)")
     ap.add_argument("--calibration", type=int, default=256, help="calibration samples for routing statistics")
@@ -34,7 +35,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.card:
         a.card.write_text(card(json.loads(a.from_.read_text()), [json.loads(p.read_text()) for p in a.training],
-                               a.command))
+                               a.command) + (a.note.read_text() if a.note else ""))
         return
 
     import torch
