@@ -1,0 +1,106 @@
+"""Runtime speed: a file with expert groups vs the stock file of about the same size.
+
+    python benchmarks/runtime_speed.py [--layers 3] [--threads 2] [--repeats 3]
+
+Model: random weights with Qwen3-VL-30B-A3B's expert geometry (128 experts, hidden 2048,
+expert width 768, top-8), few layers. Stock: every matrix Q4_K (4.5 bpw). Grouped: experts
+alternate Q3_K / Q5_K (3.44 / 5.5 bpw, 4.47 on average: the same size within 1%), everything
+else Q4_K, so each expert tensor is two interleaved groups. Prefill of 512 tokens in one batch
+and decode of 128 tokens one at a time, through llama-cpp-python on the CPU; each run is a
+fresh process, medians over repeats. "groups Q4_K/Q4_K" is the stock file with its experts split
+into two interleaved groups of the same type: the cost of grouping alone, with the same kernels
+(Q3_K and Q5_K have kernels of their own speed, so the mixed row also measures the types).
+The fallback path (ids clamped, outputs masked, what
+backends without the skip kernel run) is measured with MODE_EDGE_GROUPS_FALLBACK=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RUN = """
+import sys, time
+import numpy as np
+import llama_cpp
+path, n_prompt, n_gen, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = llama_cpp.Llama(path, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=n_prompt, n_threads=threads,
+                      n_threads_batch=threads, verbose=False)
+toks = [int(t) for t in np.random.default_rng(0).integers(20, llm.n_vocab() - 20, n_prompt)]
+t = time.perf_counter(); llm.eval(toks); tp = time.perf_counter() - t
+t = time.perf_counter()
+for i in range(n_gen):
+    llm.eval([toks[i]])
+td = time.perf_counter() - t
+print(n_prompt / tp, n_gen / td)
+"""
+
+
+def measure(path: Path, threads: int, repeats: int, env: dict | None = None) -> tuple[float, float]:
+    pre, dec = [], []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", RUN, str(path), "512", "128", str(threads)], check=True,
+                             capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout.split()
+        pre.append(float(out[0]))
+        dec.append(float(out[1]))
+    return statistics.median(pre), statistics.median(dec)
+
+
+def main() -> None:
+    from gguf import GGMLQuantizationType as T
+
+    from mode_edge.allocate.plan import QuantPlan
+    from mode_edge.checkpoint import Checkpoint
+    from mode_edge.gguf.export import export_model
+    from mode_edge.gguf.tensors import Role
+    from mode_edge.runtime.build import GROUPS, capabilities
+    from mode_edge.testbed.tiny_qwen3_vl_moe import build_tiny_model
+    from mode_edge_converters import converter_for
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=3)   # 2 text layers with 2 deepstack layers trips a llama.cpp assert
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if not capabilities() & GROUPS:
+        sys.exit("the installed llama.cpp is stock: run `mode-edge runtime build` first")
+    with tempfile.TemporaryDirectory(prefix="mode-edge-rt-") as tmp:
+        tmp = Path(tmp)
+        model = build_tiny_model(tmp / "model", n_layers=args.layers, hidden=2048, n_experts=128, top_k=8,
+                                 expert_ff=768, max_shard_size="2GB", layout="published")
+        stock = export_model(model, tmp / "stock", None, plan=QuantPlan(default=T.Q4_K), label="q4_k").text_path
+        plan = QuantPlan(default=T.Q4_K, method="alternating")
+        for s in converter_for(Checkpoint(model)).text_tensors():
+            if s.role == Role.EXPERT:
+                plan.tensors[s.name] = [T.Q3_K if e % 2 == 0 else T.Q5_K for e in range(s.n_expert)]
+        grouped = export_model(model, tmp / "grouped", None, plan=plan, label="q3k-q5k").text_path
+        # the grouping overhead alone: the stock file's Q4_K experts split into two interleaved groups
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.gguf_rewrite import regroup
+
+        same = tmp / "same" / "groups-q4_k.gguf"
+        same.parent.mkdir()
+        regroup(stock, same, n_groups=2)
+        (same.parent / stock.parent.glob("mmproj-*.gguf").__next__().name).write_bytes(
+            next(stock.parent.glob("mmproj-*.gguf")).read_bytes())
+        rows = [("stock Q4_K", stock, None), ("groups Q4_K/Q4_K, skip", same, None),
+                ("groups Q3_K/Q5_K, skip", grouped, None),
+                ("groups Q3_K/Q5_K, fallback", grouped, {"MODE_EDGE_GROUPS_FALLBACK": "1"})]
+        base = None
+        print(f"{args.layers} layers x 128 experts (hidden 2048, width 768, top-8); {args.threads} threads; "
+              f"median of {args.repeats}")
+        print(f"{'file':<28} {'MB':>8} {'prefill tok/s':>14} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}")
+        for name, path, env in rows:
+            pre, dec = measure(path, args.threads, args.repeats, env)
+            base = base or (pre, dec)
+            print(f"{name:<28} {path.stat().st_size / 1e6:>8.1f} {pre:>14.1f} {pre / base[0]:>6.3f} "
+                  f"{dec:>13.2f} {dec / base[1]:>6.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
