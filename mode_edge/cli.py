@@ -260,7 +260,7 @@ def plan_cmd(
     parsed = parse_budget(budget)
     with console.status("allocating"):
         alloc = allocate(stats, model_dir, parsed, opts)
-    written = save_plan(alloc, stats, opts, output, str(parsed), png=not no_png)
+    written, _ = save_plan(alloc, stats, opts, output, str(parsed), png=not no_png)
     _print_plan(alloc, parsed)
     out.print("wrote " + ", ".join(str(p) for p in written))
 

@@ -8,7 +8,6 @@ OUT_DIR/report.json, report.md   sizes, bits per part, experts per type, seconds
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from mode_edge.calibrate.runner import CalibrationOptions, Progress, calibrate
 from mode_edge.errors import UserError
 from mode_edge.files import atomic_path, write_json_atomic
 from mode_edge.gguf.export import ExportResult, export_model
-from mode_edge.quantize.imatrix import Imatrix
 from mode_edge.signals.stats import ExpertStats
 
 #: a model folder may carry its own calibration set (the bundled demo model does)
@@ -76,14 +74,13 @@ def convert_with_budget(model_dir: Path, out_dir: Path, budget: str, alloc_opts:
     t = time.perf_counter()
     stats = ExpertStats.load(stats_dir)
     alloc = allocate(stats, model_dir, parsed, alloc_opts)
-    save_plan(alloc, stats, alloc_opts, out_dir / "plan.json", str(parsed))
+    _, imatrix = save_plan(alloc, stats, alloc_opts, out_dir / "plan.json", str(parsed))
     stages["plan"] = time.perf_counter() - t
 
     stage("pack")
     t = time.perf_counter()
     label = re.sub(r"[^a-z0-9_.-]+", "-", f"{alloc.plan.method}-{budget}".lower()).strip("-")
-    result = export_model(model_dir, out_dir, None, plan=alloc.plan, label=label,
-                          imatrix=Imatrix.load(out_dir / alloc.plan.extra["imatrix"]),
+    result = export_model(model_dir, out_dir, None, plan=alloc.plan, label=label, imatrix=imatrix,
                           **(pack_kwargs or {}))
     stages["pack"] = time.perf_counter() - t
     written = result.text_bytes + result.mmproj_bytes
@@ -116,6 +113,3 @@ def write_report(res: BudgetResult, stats: ExpertStats, budget: str) -> None:
     with atomic_path(res.out_dir / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
 
-
-def read_report(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / "report.json").read_text())

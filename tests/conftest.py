@@ -73,3 +73,22 @@ def test_image() -> np.ndarray:
     img[20:60, 30:80] = (200, 30, 30)
     img += (rng.random(img.shape) * 20).astype(np.uint8)
     return img
+
+
+@pytest.fixture(scope="session")
+def calibration_data(tmp_path_factory) -> Path:
+    """Four shape images with a question each, and a text-only prompt."""
+    from tests.helpers import make_data
+
+    return make_data(tmp_path_factory.mktemp("calib"))
+
+
+@pytest.fixture(scope="session")
+def tiny_stats_dir(tiny_models, calibration_data, tmp_path_factory) -> Path:
+    """Expert statistics of the tiny model on that data, measured once per session."""
+    from mode_edge.calibrate.runner import CalibrationOptions, calibrate
+    from tests.helpers import FAST
+
+    out = tmp_path_factory.mktemp("stats")
+    calibrate(tiny_models["transformers"], calibration_data, out, CalibrationOptions(**FAST))
+    return out

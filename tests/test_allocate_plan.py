@@ -13,13 +13,11 @@ from gguf import GGMLQuantizationType, GGUFReader
 from mode_edge.allocate.allocator import AllocOptions, allocate, method_importance
 from mode_edge.allocate.budget import Budget
 from mode_edge.allocate.methods.hessian import kmeans_1d
-from mode_edge.calibrate.runner import CalibrationOptions, calibrate
-from mode_edge.cli import main
 from mode_edge.gguf.export import export_model
 from mode_edge.gguf.groups import GROUPS_KEY
 from mode_edge.quant_types import bits_per_weight
 from mode_edge.signals.stats import ExpertStats
-from tests.test_calibrate import FAST, make_data
+from tests.helpers import FAST, cli
 
 TYPES = FAST["types"]   # Q2_K, Q3_K, Q4_K, Q6_K
 
@@ -30,22 +28,13 @@ def model_dir(tiny_models):
 
 
 @pytest.fixture(scope="module")
-def stats_dir(model_dir, tmp_path_factory):
-    data = make_data(tmp_path_factory.mktemp("calib-alloc"))
-    out = tmp_path_factory.mktemp("stats-alloc")
-    calibrate(model_dir, data, out, CalibrationOptions(**FAST))
-    return out
+def stats_dir(tiny_stats_dir):
+    return tiny_stats_dir
 
 
 @pytest.fixture(scope="module")
 def stats(stats_dir):
     return ExpertStats.load(stats_dir)
-
-
-def _cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code
 
 
 def _files_bytes(paths) -> int:
@@ -219,7 +208,7 @@ def test_method_importance_matrices_differ_as_defined(stats, stats_dir):
 
 def test_plan_command_writes_plan_png_imatrix_and_pack_uses_them(stats_dir, model_dir, tmp_path, capsys):
     plan = tmp_path / "plans" / "mode.json"
-    assert _cli(["plan", "--stats", str(stats_dir), "--budget", "3.2bpw", "-o", str(plan)]) == 0
+    assert cli(["plan", "--stats", str(stats_dir), "--budget", "3.2bpw", "-o", str(plan)]) == 0
     text = capsys.readouterr().out
     assert "routed experts by type" in text and "bits per routed-expert weight" in text
     data = json.loads(plan.read_text())
@@ -227,16 +216,16 @@ def test_plan_command_writes_plan_png_imatrix_and_pack_uses_them(stats_dir, mode
     from PIL import Image
     with Image.open(plan.with_suffix(".png")) as im:
         assert im.width > 100 and im.height > 50
-    assert _cli(["pack", str(model_dir), "--plan", str(plan), "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert cli(["pack", str(model_dir), "--plan", str(plan), "-o", str(tmp_path / "out"), "-q"]) == 0
     files = sorted((tmp_path / "out").glob("*.gguf"))
     assert _files_bytes(files) == sum(data["extra"]["planned_bytes"].values())
 
 
 def test_infeasible_budget_exits_2_with_the_smallest_size(stats_dir, tmp_path, capsys):
-    assert _cli(["plan", "--stats", str(stats_dir), "--budget", "1MB", "-o", str(tmp_path / "p.json")]) == 2
+    assert cli(["plan", "--stats", str(stats_dir), "--budget", "1MB", "-o", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err
     assert "at least" in err and "bytes" in err
     assert not (tmp_path / "p.json").exists() and not (tmp_path / "p.imatrix.gguf").exists()
-    assert _cli(["plan", "--stats", str(stats_dir), "--budget", "3bpw", "--method", "mode", "--types", "IQ2_XS",
+    assert cli(["plan", "--stats", str(stats_dir), "--budget", "3bpw", "--method", "mode", "--types", "IQ2_XS",
                  "-o", str(tmp_path / "p.json")]) == 2
     assert "did not measure" in capsys.readouterr().err

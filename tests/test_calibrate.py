@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from mode_edge.calibrate.data import load_image, read_samples
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
@@ -18,33 +17,11 @@ from mode_edge.signals.keytokens import key_scores, query_positions
 from mode_edge.signals.recorder import KEY, RED, TEXT
 from mode_edge.signals.stats import ExpertStats
 from mode_edge_converters import converter_for
-
-FAST = dict(types=["Q2_K", "Q3_K", "Q4_K", "Q6_K"], probes=4)
-
-
-def make_data(folder, n_images: int = 4, size=(128, 96), seed: int = 0, text_only: int = 1):
-    """Shapes on a plain background, and a question after each image."""
-    rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True)
-    lines = []
-    for i in range(n_images):
-        im = Image.new("RGB", size, (235, 235, 235))
-        d = ImageDraw.Draw(im)
-        x, y = int(rng.integers(5, size[0] - 40)), int(rng.integers(5, size[1] - 40))
-        box = [x, y, x + 30, y + 30]
-        color = tuple(int(c) for c in rng.integers(0, 200, 3))
-        (d.ellipse if i % 2 else d.rectangle)(box, fill=color)
-        im.save(folder / "images" / f"{i}.png")
-        lines.append({"image": f"images/{i}.png", "prompt": "What shape is in the picture, and where is it?"})
-    for i in range(text_only):
-        lines.append({"prompt": f"What is {i + 12} + 30? Answer with a number."})
-    (folder / "prompts.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    return folder
-
+from tests.helpers import FAST, make_data
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("calib"))
+def data_dir(calibration_data):
+    return calibration_data
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +30,8 @@ def model_dir(tiny_models):
 
 
 @pytest.fixture(scope="module")
-def stats(model_dir, data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("stats")
-    calibrate(model_dir, data_dir, out, CalibrationOptions(**FAST))
-    return ExpertStats.load(out), out
+def stats(tiny_stats_dir):
+    return ExpertStats.load(tiny_stats_dir), tiny_stats_dir
 
 
 @pytest.fixture(scope="module")

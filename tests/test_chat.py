@@ -8,13 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from mode_edge.cli import main
-
-
-def _cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code
+from tests.helpers import cli
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +20,7 @@ def image(tmp_path_factory):
 
 def test_one_shot_answer_with_an_image(converted, image, capsys):
     text, _ = converted["transformers"]
-    assert _cli(["chat", str(text.parent), "--image", str(image), "--prompt", "What colour is it?",
+    assert cli(["chat", str(text.parent), "--image", str(image), "--prompt", "What colour is it?",
                  "--max-tokens", "6", "--threads", "2"]) == 0
     assert capsys.readouterr().out.strip()      # random weights: some text, streamed to stdout
 
@@ -44,14 +38,14 @@ def test_refusals(converted, image, tmp_path, capsys, monkeypatch):
     text, _ = converted["transformers"]
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    assert _cli(["chat", str(text.parent), "--image", str(bad), "--prompt", "hi"]) == 2
+    assert cli(["chat", str(text.parent), "--image", str(bad), "--prompt", "hi"]) == 2
     assert "cannot read image" in capsys.readouterr().err
-    assert _cli(["chat", str(tmp_path / "nothing"), "--prompt", "hi"]) == 2
+    assert cli(["chat", str(tmp_path / "nothing"), "--prompt", "hi"]) == 2
     # a grouped file on a build without expert groups: say what to run
     import mode_edge.run.chat as chat
     import mode_edge.runtime.build as build
 
     monkeypatch.setattr(chat, "needs_patched_runtime", lambda p: True)
     monkeypatch.setattr(build, "capabilities", lambda: 0)
-    assert _cli(["chat", str(text.parent), "--prompt", "hi"]) == 2
+    assert cli(["chat", str(text.parent), "--prompt", "hi"]) == 2
     assert "mode-edge runtime build" in capsys.readouterr().err

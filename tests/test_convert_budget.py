@@ -7,21 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from mode_edge.cli import main
-from tests.test_calibrate import make_data
+from tests.helpers import cli
 
 TYPES = "Q2_K,Q3_K,Q4_K,Q6_K"
 
 
-def _cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code
-
-
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("calib-convert"))
+def data_dir(calibration_data):
+    return calibration_data
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +25,7 @@ def model_dir(tiny_models):
 def _budget_between_q2_and_q4(model_dir, tmp_path) -> int:
     sizes = []
     for t in ("Q2_K", "Q4_K"):
-        assert _cli(["convert", str(model_dir), "-o", str(tmp_path / t), "--type", t, "-q"]) == 0
+        assert cli(["convert", str(model_dir), "-o", str(tmp_path / t), "--type", t, "-q"]) == 0
         sizes.append(sum(p.stat().st_size for p in (tmp_path / t).glob("*.gguf")))
     return (sizes[0] + sizes[1]) // 2
 
@@ -42,7 +35,7 @@ def test_convert_budget_writes_everything_within_budget_and_reuses_stats(model_d
     out = tmp_path / "out"
     args = ["convert", str(model_dir), "--budget", str(budget), "--data", str(data_dir), "-o", str(out),
             "--types", TYPES, "-q"]
-    assert _cli(args) == 0
+    assert cli(args) == 0
     ggufs = sorted(out.glob("*.gguf"))
     names = {p.name for p in ggufs}
     assert any(n.startswith("mmproj-") for n in names) and "plan.imatrix.gguf" in names
@@ -55,7 +48,7 @@ def test_convert_budget_writes_everything_within_budget_and_reuses_stats(model_d
     assert (out / "stats" / "manifest.json").is_file()
     stamp = (out / "stats" / "expert_stats.safetensors").stat().st_mtime_ns
     capsys.readouterr()
-    assert _cli(args) == 0                       # rerun: the statistics are reused, not recomputed
+    assert cli(args) == 0                       # rerun: the statistics are reused, not recomputed
     assert "reusing" in capsys.readouterr().err
     assert (out / "stats" / "expert_stats.safetensors").stat().st_mtime_ns == stamp
 
@@ -65,7 +58,7 @@ def test_tensor_granularity_file_runs_in_stock_llama_cpp(model_dir, data_dir, tm
 
     budget = _budget_between_q2_and_q4(model_dir, tmp_path)
     out = tmp_path / "out"
-    assert _cli(["convert", str(model_dir), "--budget", str(budget), "--data", str(data_dir), "-o", str(out),
+    assert cli(["convert", str(model_dir), "--budget", str(budget), "--data", str(data_dir), "-o", str(out),
                  "--types", TYPES, "--granularity", "tensor", "-q"]) == 0
     text = next(p for p in out.glob("*.gguf") if not p.name.startswith(("mmproj-", "plan.")))
     llm = llama_cpp.Llama(str(text), n_ctx=64, n_threads=2, verbose=False, logits_all=True)
@@ -78,13 +71,13 @@ def test_tensor_granularity_file_runs_in_stock_llama_cpp(model_dir, data_dir, tm
 
 
 def test_convert_budget_errors(model_dir, data_dir, tmp_path, capsys):
-    assert _cli(["convert", str(model_dir), "--budget", "1MB", "--data", str(data_dir),
+    assert cli(["convert", str(model_dir), "--budget", "1MB", "--data", str(data_dir),
                  "-o", str(tmp_path / "small"), "--types", TYPES, "-q"]) == 2
     err = capsys.readouterr().err
     assert "at least" in err and not (tmp_path / "small").exists()   # refused before calibrating
-    assert _cli(["convert", str(model_dir), "--budget", "6MB", "-o", str(tmp_path / "nodata"), "-q"]) == 2
+    assert cli(["convert", str(model_dir), "--budget", "6MB", "-o", str(tmp_path / "nodata"), "-q"]) == 2
     assert "--data" in capsys.readouterr().err and not (tmp_path / "nodata").exists()
-    assert _cli(["convert", str(model_dir), "--budget", "6MB", "--type", "Q4_K", "-o", str(tmp_path / "x")]) == 2
-    assert _cli(["convert", str(model_dir), "--budget", "6MB", "--method", "magic", "--data", str(data_dir),
+    assert cli(["convert", str(model_dir), "--budget", "6MB", "--type", "Q4_K", "-o", str(tmp_path / "x")]) == 2
+    assert cli(["convert", str(model_dir), "--budget", "6MB", "--method", "magic", "--data", str(data_dir),
                  "-o", str(tmp_path / "y")]) == 2
     assert "unknown method" in capsys.readouterr().err

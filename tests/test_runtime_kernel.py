@@ -6,13 +6,12 @@ gguf-py's dequantizer (references nobody here wrote)."""
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, dequantize
 
-from mode_edge.quantize.ggml_lib import quantize_rows
+from mode_edge.quantize.ggml_lib import _lib_dir, quantize_rows
 from mode_edge.runtime.build import CPU_SKIP, capabilities
 
 T = GGMLQuantizationType
@@ -23,9 +22,7 @@ class _InitParams(ctypes.Structure):
 
 
 def _libs():
-    import llama_cpp
-
-    d = Path(llama_cpp.__file__).parent / "lib"
+    d = _lib_dir()
     base = ctypes.CDLL(str(sorted(d.glob("libggml-base.*"))[0]), mode=ctypes.RTLD_GLOBAL)
     cpu = ctypes.CDLL(str(sorted(d.glob("libggml-cpu.*"))[0]), mode=ctypes.RTLD_GLOBAL)
     p = ctypes.c_void_p

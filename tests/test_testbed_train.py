@@ -3,7 +3,6 @@ deterministic for a seed, and what it saves converts and runs under `mode-edge e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

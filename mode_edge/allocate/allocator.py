@@ -210,6 +210,12 @@ def attention_items(stats: ExpertStats, layout: ModelLayout, method: Method, can
     return AttnItems(names, np.array(sizes, dtype=np.int64), np.array(costs, dtype=np.float64))
 
 
+def _too_small(budget_bytes: int, need: int, detail: str) -> UserError:
+    return UserError(f"budget {budget_bytes:,} bytes is below the smallest file these options allow, {need:,} bytes "
+                     f"({detail})",
+                     f"raise --budget to at least {need:,} bytes ({need / 1e9:.3g} GB) or choose smaller types")
+
+
 def check_budget_before_calibration(model_dir: Path, budget: Budget, opts: AllocOptions, types: list[str]) -> None:
     """Refuse a byte budget below the smallest possible file before hours of calibration:
     every routed expert at the smallest candidate, everything else as the options say."""
@@ -227,9 +233,7 @@ def check_budget_before_calibration(model_dir: Path, budget: Budget, opts: Alloc
             plan.tensors[spec.name] = parse_type(opts.attn)
     need = sum(layout.file_bytes(plan)) + layout.kv_cache_bytes(opts.context)
     if need > budget.bytes:
-        raise UserError(f"budget {budget.bytes:,} bytes is below the smallest file these options allow, {need:,} bytes "
-                        f"(routed experts at {smallest.name}, everything else at --other {opts.other})",
-                        f"raise --budget to at least {need:,} bytes ({need / 1e9:.3g} GB) or choose smaller types")
+        raise _too_small(budget.bytes, need, f"routed experts at {smallest.name}, everything else at --other {opts.other}")
 
 
 def _method_options(stats: ExpertStats, opts: AllocOptions) -> dict[str, Any]:
@@ -285,11 +289,9 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
         if smallest > capacity:
             need = fixed + smallest + reserve
             what = "routed experts" + (" and attention" if attn is not None else "")
-            raise UserError(
-                f"budget {budget.bytes:,} bytes is below the smallest file these options allow, {need:,} bytes "
-                f"({what} at {cands[0].name}: {smallest:,}; everything else at --other {opts.other} / "
-                f"--mmproj-type {opts.mmproj}, with headers: {fixed:,}; KV reserve: {reserve:,})",
-                f"raise --budget to at least {need:,} bytes ({need / 1e9:.3g} GB) or choose smaller types")
+            raise _too_small(budget.bytes, need, f"{what} at {cands[0].name}: {smallest:,}; everything else at --other "
+                                                 f"{opts.other} / --mmproj-type {opts.mmproj}, with headers: {fixed:,}; "
+                                                 f"KV reserve: {reserve:,}")
     else:
         capacity = int(budget.bpw / 8.0 * int(items.params.sum()))
         if smallest > capacity:
@@ -297,15 +299,12 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
             raise UserError(f"{budget.bpw:g} bits per expert weight is below the smallest candidate, "
                             f"{need:.3f} ({cands[0].name})", f"raise --budget to at least {need:.3f}bpw")
 
-    groups = None
-    if opts.per_layer:
-        total_params = int(items.params.sum())
-        groups = [(np.nonzero(items.layer_of == layer)[0], 0.0, items.sizes) for layer in np.unique(items.layer_of)]
+    # per-layer constraint: each layer's experts get its parameter share of the expert bytes
+    layers = [np.nonzero(items.layer_of == layer)[0] for layer in np.unique(items.layer_of)] if opts.per_layer else []
+    shares = [int(items.params[idx].sum()) / int(items.params.sum()) for idx in layers]
 
     def layer_groups(cap: int):
-        if groups is None:
-            return None
-        return [(idx, cap * int(items.params[idx].sum()) / total_params, w) for idx, _, w in groups]
+        return [(idx, cap * share, items.sizes) for idx, share in zip(layers, shares)] or None
 
     notes: list[str] = []
     for _ in range(8):

@@ -70,7 +70,7 @@ class ModelLayout:
         """Exact sizes of the text and mmproj files `pack` writes for this plan."""
         from mode_edge.gguf.export import planned_sizes
 
-        return planned_sizes(self.model_dir, plan, _AnyImatrix())
+        return planned_sizes(self.model_dir, plan, conv=self.conv, check_imatrix=False)
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
         if n_ctx <= 0:
@@ -80,12 +80,3 @@ class ModelLayout:
         except NotImplementedError as e:
             raise UserError(str(e), "leave out --context") from None
 
-
-class _AnyImatrix:
-    """Stands in for the plan's importance matrix when only sizes are wanted (importance
-    changes bytes nowhere; the packer only checks that IQ types have one)."""
-
-    def for_tensor(self, name: str, n_expert: int, n_in: int):
-        import numpy as np
-
-        return np.ones((n_expert, n_in), dtype=np.float32)

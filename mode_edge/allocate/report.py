@@ -13,6 +13,7 @@ from mode_edge.allocate.allocator import AllocOptions, Allocation, method_import
 from mode_edge.allocate.methods.base import KEY, TEXT, normalised
 from mode_edge.files import atomic_path
 from mode_edge.quant_types import bits_per_weight, fallback
+from mode_edge.quantize.imatrix import Imatrix
 from mode_edge.signals.stats import ExpertStats
 
 
@@ -54,12 +55,12 @@ def bits_grid(alloc: Allocation, stats: ExpertStats) -> np.ndarray:
     hidden, ff = int(stats.manifest["hidden"]), int(stats.manifest["expert_ff"])
     row_size = (hidden, hidden, ff)
     grid = np.zeros((L, E))
-    layers = sorted(stats.layers)
+    row_of = {layer: i for i, layer in enumerate(sorted(stats.layers))}
     for (layer, e, projs), c in zip(alloc.items.keys, alloc.choice):
         t = alloc.candidates[c]
         for p in projs:
             b = bits_per_weight(fallback(t, row_size[p])) / 3.0   # the three projections have equal size
-            li = layers.index(layer)
+            li = row_of[layer]
             if e < 0:
                 grid[li] += b
             else:
@@ -120,13 +121,15 @@ def write_png(path: Path, alloc: Allocation, stats: ExpertStats, title: str) -> 
 
 
 def save_plan(alloc: Allocation, stats: ExpertStats, opts: AllocOptions, path: Path, budget_label: str,
-              png: bool = True) -> list[Path]:
+              png: bool = True) -> tuple[list[Path], Imatrix]:
     """PLAN.json plus PLAN.imatrix.gguf (the method's importance, which pack picks up) and
-    PLAN.png; the plan is written last, so it never names files that are not there."""
+    PLAN.png; the plan is written last, so it never names files that are not there. Returns the
+    paths written and the importance matrix (so a caller that packs next need not read it back)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     imatrix_path = path.with_name(path.stem + ".imatrix.gguf")
-    method_importance(stats, opts).save(imatrix_path)
+    imatrix = method_importance(stats, opts)
+    imatrix.save(imatrix_path)
     alloc.plan.extra["imatrix"] = imatrix_path.name
     written = [path, imatrix_path]
     if png:
@@ -134,7 +137,7 @@ def save_plan(alloc: Allocation, stats: ExpertStats, opts: AllocOptions, path: P
                   f"{alloc.plan.method} @ {budget_label}: {alloc.expert_bpw:.3f} bits per expert weight")
         written.append(path.with_suffix(".png"))
     alloc.plan.save(path)
-    return written
+    return written, imatrix
 
 
 def _share(grid: np.ndarray, rgb: tuple[int, int, int]):

@@ -109,10 +109,12 @@ def export_model(model_dir: Path, out_dir: Path, precision: str | None = "f16", 
     return ExportResult(text_path, mm_path, text_bytes, mm_bytes, time.perf_counter() - start)
 
 
-def planned_sizes(model_dir: Path, plan: QuantPlan, imatrix: Imatrix | None = None) -> tuple[int, int]:
-    """Exact bytes of the text and mmproj files export_model would write for `plan`."""
-    conv = converter_for(Checkpoint(model_dir))
-    packer = Packer(plan, imatrix, 1)
+def planned_sizes(model_dir: Path, plan: QuantPlan, imatrix: Imatrix | None = None, *, conv=None,
+                  check_imatrix: bool = True) -> tuple[int, int]:
+    """Exact bytes of the text and mmproj files export_model would write for `plan`. Pass `conv`
+    to reuse a converter; check_imatrix=False sizes plans whose importance matrix comes later."""
+    conv = conv or converter_for(Checkpoint(model_dir))
+    packer = Packer(plan, imatrix, 1, check_imatrix=check_imatrix)
     try:
         text, grouped, mm = _tensors(conv, packer)
     finally:

@@ -48,9 +48,11 @@ def resolve_types(spec: TensorSpec, plan: QuantPlan, *, mmproj: bool = False) ->
 class Packer:
     """Builds OutTensors for a plan; owns the thread pool the quantizer runs in."""
 
-    def __init__(self, plan: QuantPlan, imatrix: Imatrix | None = None, n_threads: int = 1):
+    def __init__(self, plan: QuantPlan, imatrix: Imatrix | None = None, n_threads: int = 1,
+                 check_imatrix: bool = True):
         self.plan = plan
         self.imatrix = imatrix
+        self.check_imatrix = check_imatrix   # off when only sizes are wanted (importance changes no byte)
         self.n_threads = max(1, n_threads)
         self.pool = ThreadPoolExecutor(self.n_threads)
         self.grouped = False
@@ -82,7 +84,8 @@ class Packer:
         out: list[OutTensor] = []
         for spec in specs:
             types = resolve_types(spec, self.plan, mmproj=mmproj)
-            self._check_imatrix(spec, types if isinstance(types, list) else [types])
+            if self.check_imatrix:
+                self._check_imatrix(spec, types if isinstance(types, list) else [types])
             if isinstance(types, list):
                 self.grouped = True
                 for k, (t, ids) in enumerate(split_groups(types)):

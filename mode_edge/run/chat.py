@@ -48,12 +48,10 @@ class Chat:
         from llama_cpp.llama_chat_format import MTMDChatHandler
 
         check_runtime(text_path)
-        if not verbose:  # mtmd logs every chunk it tokenizes; route it through llama-cpp-python's filter
-            import llama_cpp.mtmd_cpp as mtmd
-            from llama_cpp._logger import llama_log_callback
+        if not verbose:
+            from mode_edge.run.mtmd import quiet_mtmd_logs
 
-            mtmd.mtmd_log_set(llama_log_callback, None)
-            mtmd.mtmd_helper_log_set(llama_log_callback, None)
+            quiet_mtmd_logs()
         handler = MTMDChatHandler(clip_model_path=str(mmproj_path), verbose=verbose, use_gpu=n_gpu_layers != 0)
         try:
             self.llm = llama_cpp.Llama(str(text_path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, verbose=verbose,

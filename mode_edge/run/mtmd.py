@@ -13,6 +13,15 @@ from pathlib import Path
 import numpy as np
 
 
+def quiet_mtmd_logs() -> None:
+    """mtmd logs every chunk it tokenizes; route it through llama-cpp-python's filter."""
+    import llama_cpp.mtmd_cpp as mtmd
+    from llama_cpp._logger import llama_log_callback
+
+    mtmd.mtmd_log_set(llama_log_callback, None)
+    mtmd.mtmd_helper_log_set(llama_log_callback, None)
+
+
 class MtmdSession:
     def __init__(self, model_path: Path, mmproj_path: Path, n_ctx: int = 2048, n_threads: int = 2,
                  f32_kv: bool = False, verbose: bool = False):
@@ -20,11 +29,8 @@ class MtmdSession:
         import llama_cpp.mtmd_cpp as mtmd
 
         self._mtmd = mtmd
-        if not verbose:  # mtmd logs every chunk it tokenizes; route it through llama-cpp-python's filter
-            from llama_cpp._logger import llama_log_callback
-
-            mtmd.mtmd_log_set(llama_log_callback, None)
-            mtmd.mtmd_helper_log_set(llama_log_callback, None)
+        if not verbose:
+            quiet_mtmd_logs()
         kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_kv else {}
         self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads,
                                    verbose=verbose, **kv)

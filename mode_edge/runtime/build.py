@@ -9,6 +9,7 @@ flags), so a reinstall is a copy.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -117,7 +118,7 @@ def capabilities() -> int:
     fn = getattr(lib._lib, "llama_mode_edge_capabilities", None)
     if fn is None:
         return 0
-    fn.restype = __import__("ctypes").c_int32
+    fn.restype = ctypes.c_int32
     fn.argtypes = []
     return int(fn())
 

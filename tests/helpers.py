@@ -1,0 +1,41 @@
+"""Shared test helpers: the CLI in-process, and a small calibration data folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mode_edge.cli import main
+
+
+def cli(args: list[str]) -> int:
+    """Run `mode-edge ARGS` in this process; its exit code."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    return e.value.code
+
+
+FAST = dict(types=["Q2_K", "Q3_K", "Q4_K", "Q6_K"], probes=4)
+
+
+def make_data(folder, n_images: int = 4, size=(128, 96), seed: int = 0, text_only: int = 1):
+    """Shapes on a plain background, and a question after each image."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    lines = []
+    for i in range(n_images):
+        im = Image.new("RGB", size, (235, 235, 235))
+        d = ImageDraw.Draw(im)
+        x, y = int(rng.integers(5, size[0] - 40)), int(rng.integers(5, size[1] - 40))
+        box = [x, y, x + 30, y + 30]
+        color = tuple(int(c) for c in rng.integers(0, 200, 3))
+        (d.ellipse if i % 2 else d.rectangle)(box, fill=color)
+        im.save(folder / "images" / f"{i}.png")
+        lines.append({"image": f"images/{i}.png", "prompt": "What shape is in the picture, and where is it?"})
+    for i in range(text_only):
+        lines.append({"prompt": f"What is {i + 12} + 30? Answer with a number."})
+    (folder / "prompts.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    return folder
