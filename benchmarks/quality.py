@@ -1,9 +1,11 @@
 """Quality at equal bytes: every allocation method on the demo model, evaluated through llama.cpp.
 
-    python benchmarks/quality.py [--model examples/demo-model] [--data DIR] [--limit 208]
+    python benchmarks/quality.py [--model examples/demo-model] [--data DIR] [--limit 312]
                                  [--seeds 0 1] [--methods mode frequency …] [--out /tmp/mode-quality]
 
-For each calibration seed: calibrate once (all ladder types, so W2-class budgets can use the
+Calibration data: without --data, the first 256 samples of the generator's calibration split
+(the demo model's own calibration/ folder holds the first 128); each seed draws its --samples
+from them. For each calibration seed: calibrate once (all ladder types, so W2-class budgets can use the
 IQ2 types), then for two budgets -- W3-class (3.2 bits per routed-expert weight) and W2-class
 (2.45) -- and both granularities, plan with every method and pack; plus F32, Q8_0 and uniform
 Q4_K/Q3_K/Q2_K references (uniform files use calibration's plain importance matrix). Every
@@ -26,7 +28,7 @@ from mode_edge.allocate.plan import QuantPlan
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
 from mode_edge.gguf.export import export_model
 from mode_edge.pipeline import default_data
-from mode_edge.quant_types import LADDER, parse_type
+from mode_edge.quant_types import LADDER, bits_per_weight, parse_type
 from mode_edge.quantize.imatrix import Imatrix
 from mode_edge.signals.stats import ExpertStats
 
@@ -35,11 +37,14 @@ BASELINE_METHODS = ["uniform", "frequency", "hessian", "veq", "mode", "mode-text
                     "mode-allvision", "mode-nosens"]
 
 
+REF_CACHE: dict = {}  # the F32 reference's answer logits, computed once for all files
+
+
 def _eval(path: Path, reference: Path | None, limit: int) -> dict:
     from mode_edge.evaluate import evaluate
 
     try:
-        r = evaluate(path, limit=limit, reference=reference)
+        r = evaluate(path, limit=limit, reference=reference, reference_cache=REF_CACHE)
     except Exception as e:  # a grouped file on a stock build, typically
         return {"error": f"{type(e).__name__}: {str(e)[:80]}"}
     return {"vision": r.families.get("vision", {}).get("accuracy"), "text": r.families.get("text", {}).get("accuracy"),
@@ -50,11 +55,27 @@ def _size(out: Path) -> int:
     return sum(p.stat().st_size for p in out.glob("*.gguf") if not p.name.startswith("plan"))
 
 
+def summary(rows: list[dict]) -> list[str]:
+    """One line per file kind: mean vision / text accuracy and KLD over the calibration seeds."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if "error" not in r and r["seed"] != "-":
+            groups.setdefault(r["name"], []).append(r)
+    out = [f"{'file':<32} {'n':>2} {'vision':>14} {'text':>14} {'KLD':>16}"]
+    for name, rs in groups.items():
+        cells = []
+        for f, scale in (("vision", 100), ("text", 100), ("kl", 1)):
+            v = [scale * r[f] for r in rs]
+            cells.append(f"{sum(v) / len(v):>7.{1 if scale == 100 else 4}f} ±{(max(v) - min(v)):<{5}.{1 if scale == 100 else 4}f}")
+        out.append(f"{name:<32} {len(rs):>2} {cells[0]:>14} {cells[1]:>14} {cells[2]:>16}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=Path("examples/demo-model"))
     ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--limit", type=int, default=208)
+    ap.add_argument("--limit", type=int, default=312)
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--methods", nargs="+", default=BASELINE_METHODS, choices=list(METHODS))
@@ -62,8 +83,15 @@ def main() -> None:
     ap.add_argument("--granularities", nargs="+", default=["expert", "tensor"])
     ap.add_argument("--out", type=Path, default=Path("/tmp/mode-quality"))
     args = ap.parse_args()
-    data = args.data or default_data(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.data:
+        data = args.data
+    elif (args.model / "calibration").is_dir() and args.model.name == "demo-model":
+        from mode_edge.testbed.tasks import export_split
+
+        data = export_split(args.out / "calibration-256", "calibration", 256)
+    else:
+        data = default_data(args.model)
     rows: list[dict] = []
 
     f32 = export_model(args.model, args.out / "f32", "f32")
@@ -83,11 +111,14 @@ def main() -> None:
             out = args.out / f"uniform-{t}-{seed}"
             r = export_model(args.model, out, None, plan=QuantPlan(method=f"uniform:{t}", default=parse_type(t)),
                              label=t.lower(), imatrix=plain)
-            rows.append({"name": f"all {t}", "seed": seed, "bytes": _size(out), "bpw": None,
+            rows.append({"name": f"all {t}", "seed": seed, "bytes": _size(out), "bpw": bits_per_weight(parse_type(t)),
                          **_eval(r.text_path, ref, args.limit)})
+            print(json.dumps(rows[-1]), flush=True)
         for budget in args.budgets:
             for gran in args.granularities:
                 for method in args.methods:
+                    if method == "uniform" and gran == "tensor":
+                        continue  # the same file as uniform/expert
                     opts = AllocOptions(method=method, granularity=gran)
                     try:
                         alloc = allocate(stats, args.model, Budget(bpw=BUDGETS[budget]), opts)
@@ -101,15 +132,19 @@ def main() -> None:
                                  "bpw": round(alloc.expert_bpw, 3), **_eval(r.text_path, ref, args.limit)})
                     print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
-    print(f"\n{'file':<32} {'seed':>4} {'bytes':>10} {'bpw':>6} {'vision':>7} {'text':>7} {'KLD':>8} "
-          f"{'rel.loss v/t %':>15}")
+    table = [f"{'file':<32} {'seed':>4} {'bytes':>10} {'bpw':>6} {'vision':>7} {'text':>7} {'KLD':>8} "
+          f"{'rel.loss v/t %':>15}"]
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:<32} {r['seed']!s:>4}  {r['error']}")
+            table.append(f"{r['name']:<32} {r['seed']!s:>4}  {r['error']}")
             continue
         rel = [100 * (base[f] - r[f]) / base[f] if base[f] else float("nan") for f in ("vision", "text")]
-        print(f"{r['name']:<32} {r['seed']!s:>4} {r['bytes']:>10,} {r['bpw'] or 0:>6.3f} {100 * r['vision']:>6.1f}% "
-              f"{100 * r['text']:>6.1f}% {r['kl'] or 0:>8.4f} {rel[0]:>7.1f}/{rel[1]:<7.1f}")
+        table.append(f"{r['name']:<32} {r['seed']!s:>4} {r['bytes']:>10,} {r['bpw'] or 0:>6.3f} "
+                     f"{100 * r['vision']:>6.1f}% {100 * r['text']:>6.1f}% {r['kl'] or 0:>8.4f} "
+                     f"{rel[0]:>7.1f}/{rel[1]:<7.1f}")
+    table += ["", "mean over seeds (spread = max - min):", *summary(rows)]
+    print("\n" + "\n".join(table))
+    (args.out / "quality.txt").write_text("\n".join(table) + "\n")
     (args.out / "quality.json").write_text(json.dumps(rows, indent=1))
     print(f"\n{time.perf_counter() - t0:.0f} s; rows in {args.out / 'quality.json'}")
 

@@ -479,7 +479,7 @@ def chat(
     image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image(s) for the first message."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Ask once, print the answer, exit."),
     n_gpu_layers: int = typer.Option(0, "--n-gpu-layers", "-ngl", help="Layers to offload to the GPU (-1: all)."),
-    ctx: int = typer.Option(4096, "--ctx", help="Context length in tokens."),
+    ctx: int = typer.Option(0, "--ctx", help="Context length in tokens (0: the model's, at most 4096)."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Longest answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: llama.cpp's choice)."),

@@ -184,10 +184,10 @@ def test_export_is_calibration_data(tmp_path):
 
 
 def test_committed_calibration_data_is_the_split():
-    """examples/demo-data/calibration is the calibration split's first 128 samples, as exported."""
+    """examples/demo-model/calibration is the calibration split's first 128 samples, as exported."""
     from mode_edge.calibrate.data import load_image
 
-    d = Path(__file__).resolve().parents[1] / "examples" / "demo-data" / "calibration"
+    d = Path(__file__).resolve().parents[1] / "examples" / "demo-model" / "calibration"
     lines = [json.loads(line) for line in (d / "prompts.jsonl").read_text().splitlines()]
     exs = tasks.split_examples("calibration", len(lines))
     assert len(lines) == 128

@@ -171,12 +171,12 @@ def card(rep: dict, stages: list[dict], commands: list[str]) -> str:
         "",
         "## Calibration data",
         "",
-        "`examples/demo-data/calibration/` holds the first 128 samples of the calibration split "
-        "(regenerate with `python examples/demo_model/make_data.py examples/demo-data/calibration "
+        "`examples/demo-model/calibration/` holds the first 128 samples of the calibration split "
+        "(regenerate with `python examples/demo_model/make_data.py examples/demo-model/calibration "
         "--split calibration -n 128`):",
         "",
         "```bash",
-        "mode-edge calibrate examples/demo-model --data examples/demo-data/calibration -o stats/",
+        "mode-edge calibrate examples/demo-model --data examples/demo-model/calibration -o stats/",
         "```",
         "",
     ]

@@ -18,6 +18,20 @@ from pathlib import Path
 from mode_edge.testbed.train import TrainConfig, train
 
 
+def _weights(spec: str | None) -> dict[str, float] | None:
+    if not spec:
+        return None
+    from mode_edge.testbed.tasks import TASKS
+
+    out = {}
+    for part in spec.split(","):
+        name, _, w = part.partition("=")
+        if name.strip() not in TASKS:
+            raise SystemExit(f"--task-weights: unknown task {name!r}; tasks are {', '.join(TASKS)}")
+        out[name.strip()] = float(w)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
@@ -32,12 +46,16 @@ def main() -> None:
     ap.add_argument("--init-from", type=Path, default=None, help="continue from a checkpoint this script saved")
     ap.add_argument("--data-offset", type=int, default=0, help="first step of the data stream (continuing)")
     ap.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    ap.add_argument("--task-weights", default=None, metavar="TASK=W,...",
+                    help="relative task frequencies, e.g. digit=3,word=3 (others 1)")
+    ap.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples)
     ap.add_argument("--snapshots", action="store_true", help="save OUT-step<N>/ at every evaluation")
     a = ap.parse_args()
     cfg = TrainConfig(seed=a.seed, steps=a.steps, vision_rows=a.vision_rows, text_rows=a.text_rows, lr=a.lr,
                       router_aux_loss_coef=a.aux_coef, eval_every=a.eval_every, threads=a.threads,
                       init_from=str(a.init_from) if a.init_from else None, data_offset=a.data_offset,
-                      warmup=a.warmup)
+                      warmup=a.warmup, eval_samples=a.eval_samples,
+                      task_weights=_weights(a.task_weights))
     a.out.mkdir(parents=True, exist_ok=True)
     logf = open(a.out / "train.log", "a")
 

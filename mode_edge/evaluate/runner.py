@@ -217,7 +217,10 @@ def _summ(rows: list[dict], with_kl: bool) -> dict:
 def evaluate(model_path: Path, *, tasks: str = "test", limit: int = 208, reference: Path | None = None,
              mmproj: Path | None = None, reference_mmproj: Path | None = None, threads: int | None = None,
              n_ctx: int = 2048, max_new_tokens: int = 16,
-             on_sample: Callable[[int, int], None] | None = None) -> EvalResult:
+             on_sample: Callable[[int, int], None] | None = None,
+             reference_cache: dict | None = None) -> EvalResult:
+    """reference_cache: a dict kept by a caller that evaluates many files against one reference
+    (benchmarks): the reference's answer logits are computed once per sample, not once per file."""
     text_path, mmproj_path = resolve_model(model_path, mmproj)
     ref_paths = resolve_model(reference, reference_mmproj) if reference is not None else None
     examples = load_examples(tasks, limit)
@@ -225,21 +228,25 @@ def evaluate(model_path: Path, *, tasks: str = "test", limit: int = 208, referen
     t0 = time.perf_counter()
     model = Model(text_path, mmproj_path, n_ctx, threads)
     ref = None
+    cache = reference_cache if reference_cache is not None else {}
+    key = (str(ref_paths[0]), str(ref_paths[1]), tasks) if ref_paths else None
     try:
-        ref = Model(*ref_paths, n_ctx, threads) if ref_paths else None
+        if ref_paths and not all((key, i) in cache for i in range(len(examples))):
+            ref = Model(*ref_paths, n_ctx, threads)
         rows = []
         for i, ex in enumerate(examples):
             n_past, first = model.prefill(ex)
             output = model.greedy(n_past, first, max_new_tokens)
             row = {"task": ex.task, "family": ex.family, "prompt": ex.prompt, "answer": ex.answer,
                    "output": output, "correct": output.strip() == ex.answer.strip()}
-            if ref is not None:
+            if ref_paths is not None:
                 tokens = model.answer_tokens(ex.answer)
                 model.truncate(n_past)
                 got = model.forced(n_past, first, tokens)
-                r_past, r_first = ref.prefill(ex)
-                want = ref.forced(r_past, r_first, tokens)
-                row["kl"] = kl_divergence(want, got).tolist()
+                if (key, i) not in cache:
+                    r_past, r_first = ref.prefill(ex)
+                    cache[key, i] = ref.forced(r_past, r_first, tokens)
+                row["kl"] = kl_divergence(cache[key, i], got).tolist()
             rows.append(row)
             if on_sample:
                 on_sample(i + 1, len(examples))
@@ -247,7 +254,7 @@ def evaluate(model_path: Path, *, tasks: str = "test", limit: int = 208, referen
         model.close()
         if ref is not None:
             ref.close()
-    with_kl = ref is not None
+    with_kl = ref_paths is not None
     res = EvalResult(model=str(text_path), mmproj=str(mmproj_path),
                      reference=str(ref_paths[0]) if ref_paths else None, tasks=tasks, samples=len(rows),
                      seconds=time.perf_counter() - t0, predictions=rows)

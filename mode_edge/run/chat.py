@@ -11,6 +11,16 @@ from typing import Iterator
 from mode_edge.errors import UserError
 
 
+def default_ctx(text_path: Path, cap: int = 4096) -> int:
+    """The model's training context, at most cap (a long-context model would reserve a huge KV cache)."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(text_path)
+    arch = r.get_field("general.architecture")
+    n = r.get_field(f"{arch.contents()}.context_length") if arch is not None else None
+    return min(cap, int(n.contents())) if n is not None else cap
+
+
 def needs_patched_runtime(text_path: Path) -> bool:
     from gguf import GGUFReader
 
@@ -42,12 +52,13 @@ def image_url(path: Path) -> str:
 
 
 class Chat:
-    def __init__(self, text_path: Path, mmproj_path: Path, n_ctx: int = 4096, n_gpu_layers: int = 0,
+    def __init__(self, text_path: Path, mmproj_path: Path, n_ctx: int | None = None, n_gpu_layers: int = 0,
                  threads: int | None = None, verbose: bool = False):
         import llama_cpp
         from llama_cpp.llama_chat_format import MTMDChatHandler
 
         check_runtime(text_path)
+        n_ctx = n_ctx or default_ctx(text_path)
         if not verbose:
             from mode_edge.run.mtmd import quiet_mtmd_logs
 

@@ -239,12 +239,20 @@ def split_examples(split: str, n: int, start: int = 0, image_size: int = IMAGE_S
     return [example(split, i, image_size) for i in range(start, start + n)]
 
 
-def family_example(split: str, family: str, i: int, image_size: int = IMAGE_SIZE) -> Example:
-    """Example i of one family's stream of a split (the trainer draws vision and text apart)."""
+def family_example(split: str, family: str, i: int, image_size: int = IMAGE_SIZE,
+                   weights: dict[str, float] | None = None) -> Example:
+    """Example i of one family's stream of a split (the trainer draws vision and text apart).
+
+    weights: relative frequency per task (missing tasks 1.0); None draws tasks uniformly."""
     if family not in ("vision", "text"):
         raise ValueError(f"family must be vision or text, not {family!r}")
     rng = random.Random((SPLIT_SEEDS[split] * 1_000_003 + i) * 2 + (family == "text"))
-    return make_example(rng.choice(VISION_TASKS if family == "vision" else TEXT_TASKS), rng, image_size)
+    names = VISION_TASKS if family == "vision" else TEXT_TASKS
+    if weights:
+        task = rng.choices(names, weights=[weights.get(t, 1.0) for t in names])[0]
+    else:
+        task = rng.choice(names)
+    return make_example(task, rng, image_size)
 
 
 def text_corpus(n: int = 4000) -> list[str]:

@@ -1,0 +1,32 @@
+"""The README's main job on the bundled demo model: convert --budget (its own calibration data,
+fewer samples), then chat answers the question about the bundled picture correctly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gguf import GGUFReader
+
+from mode_edge.gguf.groups import GROUPS_KEY
+from tests.helpers import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo-model"
+PICTURE = ROOT / "examples" / "images" / "shapes.png"
+QUESTION, ANSWER = "Which is bigger, the yellow or the green shape?", "green"
+BUDGET = 7_000_000  # the README's 7MB: between the demo's uniform Q2_K and Q4_K files
+
+
+def test_demo_budget_convert_then_chat_answers(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli(["convert", str(DEMO), "--budget", "7MB", "-o", str(out), "--samples", "12", "-q"]) == 0
+    files = [p for p in out.glob("*.gguf") if not p.name.startswith("plan")]
+    assert len(files) == 2 and sum(p.stat().st_size for p in files) <= BUDGET
+    report = json.loads((out / "report.json").read_text())
+    assert report["total_bytes"] <= BUDGET
+    text = next(p for p in files if not p.name.startswith("mmproj-"))
+    assert GGUFReader(text).get_field(GROUPS_KEY) is not None  # per-expert types: the patched runtime runs it
+    capsys.readouterr()
+    assert cli(["chat", str(out), "--image", str(PICTURE), "--prompt", QUESTION, "--max-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip() == ANSWER
