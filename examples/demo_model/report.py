@@ -72,6 +72,10 @@ def main() -> None:
                       "mostly_text_experts": summary["mostly_text_experts"]}, indent=1))
 
 
+def _weights(w: dict | None) -> str:
+    return "uniform" if not w else ", ".join(f"{k} {v:g}" for k, v in w.items())
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -112,18 +116,19 @@ def card(rep: dict, stages: list[dict], commands: list[str]) -> str:
         *commands,
         "```",
         "",
-        "| stage | seed | steps | rows per step | learning rate | wall time | threads |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | seed | steps | rows per step | task weights | learning rate | wall time | threads |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i, st in enumerate(stages):
         sc = st["config"]
         lines.append(f"| {i + 1} | {sc['seed']} | {sc['steps']} (data from step {sc.get('data_offset', 0)}) | "
                      f"{sc['vision_rows']} picture + {sc['text_rows']}x{sc['text_turns']}-turn text | "
-                     f"{sc['lr']:g} peak, warmup {sc['warmup']}, cosine | {st['train_seconds'] / 60:.1f} min | "
+                     f"{_weights(sc.get('task_weights'))}{'; curriculum' if sc.get('curriculum') else ''} | {sc['lr']:g} peak, warmup {sc['warmup']}, cosine | {st['train_seconds'] / 60:.1f} min | "
                      f"{st['torch_threads']} |")
+    lines += [f"\nStage {i + 1}: {st['config']['note']}." for i, st in enumerate(stages) if st["config"].get("note")]
     lines += [
         "",
-        "CPU only (2 cores shared with other work; one torch thread). Given the seed, the thread "
+        "CPU only (2 cores, shared with other work in stages 1-2). Given the seed, the thread "
         "count and this repository, the run is deterministic (a test checks this on a small model).",
         "Each step's data is a fixed function of the step (`mode_edge.testbed.train.training_rows`).",
         "",

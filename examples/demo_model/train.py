@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=TrainConfig.warmup)
     ap.add_argument("--task-weights", default=None, metavar="TASK=W,...",
                     help="relative task frequencies, e.g. digit=3,word=3 (others 1)")
+    ap.add_argument("--curriculum", action="store_true",
+                    help="mix easier variants of some tasks into training (one-shape pictures for 'shape')")
     ap.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples)
     ap.add_argument("--snapshots", action="store_true", help="save OUT-step<N>/ at every evaluation")
     a = ap.parse_args()
@@ -55,7 +57,7 @@ def main() -> None:
                       router_aux_loss_coef=a.aux_coef, eval_every=a.eval_every, threads=a.threads,
                       init_from=str(a.init_from) if a.init_from else None, data_offset=a.data_offset,
                       warmup=a.warmup, eval_samples=a.eval_samples,
-                      task_weights=_weights(a.task_weights))
+                      task_weights=_weights(a.task_weights), curriculum=a.curriculum)
     a.out.mkdir(parents=True, exist_ok=True)
     logf = open(a.out / "train.log", "a")
 

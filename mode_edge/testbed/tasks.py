@@ -154,12 +154,14 @@ def _text_image(rng: random.Random, size: int, text: str):
 # -- tasks -----------------------------------------------------------------------------------
 
 
-def _vision(task: str, rng: random.Random, size: int) -> Example:
+def _vision(task: str, rng: random.Random, size: int, curriculum: bool = False) -> Example:
     if task == "color":
         im, colors, *_ = _scene(rng, size, 1)
         return Example(task, "What color is the shape?", colors[0], np.asarray(im))
     if task == "shape":
-        im, colors, shapes, *_ = _scene(rng, size, rng.randint(2, 3))
+        # curriculum (training only): some pictures hold the one shape asked about, so the
+        # shapes themselves are learnt before picking one out among several is
+        im, colors, shapes, *_ = _scene(rng, size, rng.randint(1 if curriculum else 2, 3))
         i = rng.randrange(len(colors))
         return Example(task, f"What shape is the {colors[i]} one?", shapes[i], np.asarray(im))
     if task == "count":
@@ -217,8 +219,8 @@ def _text(task: str, rng: random.Random) -> Example:
     raise ValueError(task)
 
 
-def make_example(task: str, rng: random.Random, image_size: int = IMAGE_SIZE) -> Example:
-    return _vision(task, rng, image_size) if task in VISION_TASKS else _text(task, rng)
+def make_example(task: str, rng: random.Random, image_size: int = IMAGE_SIZE, curriculum: bool = False) -> Example:
+    return _vision(task, rng, image_size, curriculum) if task in VISION_TASKS else _text(task, rng)
 
 
 def example(split: str, i: int, image_size: int = IMAGE_SIZE) -> Example:
@@ -240,10 +242,11 @@ def split_examples(split: str, n: int, start: int = 0, image_size: int = IMAGE_S
 
 
 def family_example(split: str, family: str, i: int, image_size: int = IMAGE_SIZE,
-                   weights: dict[str, float] | None = None) -> Example:
+                   weights: dict[str, float] | None = None, curriculum: bool = False) -> Example:
     """Example i of one family's stream of a split (the trainer draws vision and text apart).
 
-    weights: relative frequency per task (missing tasks 1.0); None draws tasks uniformly."""
+    weights: relative frequency per task (missing tasks 1.0); None draws tasks uniformly.
+    curriculum: easier variants mixed in (training only; see _vision)."""
     if family not in ("vision", "text"):
         raise ValueError(f"family must be vision or text, not {family!r}")
     rng = random.Random((SPLIT_SEEDS[split] * 1_000_003 + i) * 2 + (family == "text"))
@@ -252,7 +255,7 @@ def family_example(split: str, family: str, i: int, image_size: int = IMAGE_SIZE
         task = rng.choices(names, weights=[weights.get(t, 1.0) for t in names])[0]
     else:
         task = rng.choice(names)
-    return make_example(task, rng, image_size)
+    return make_example(task, rng, image_size, curriculum)
 
 
 def text_corpus(n: int = 4000) -> list[str]:

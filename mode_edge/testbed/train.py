@@ -58,6 +58,7 @@ class TrainConfig:
     # relative task frequencies in the training stream (None: uniform); a continuation can
     # spend its steps on the tasks the model has not learned yet
     task_weights: dict[str, float] | None = None
+    curriculum: bool = False  # easier variants of some tasks mixed in (tasks._vision)
 
 
 def demo_config_dict(vocab_size: int, special: dict[str, int], cfg: TrainConfig) -> dict:
@@ -212,7 +213,8 @@ def training_rows(step: int, cfg: TrainConfig) -> list[list[tasks.Example]]:
     """The conversations of one step: a fixed function of the step (the train split's streams)."""
     v0, t0 = step * cfg.vision_rows, step * cfg.text_rows * cfg.text_turns
     w = cfg.task_weights
-    rows = [[tasks.family_example("train", "vision", v0 + i, cfg.image_size, w)] for i in range(cfg.vision_rows)]
+    rows = [[tasks.family_example("train", "vision", v0 + i, cfg.image_size, w, cfg.curriculum)]
+            for i in range(cfg.vision_rows)]
     rows += [[tasks.family_example("train", "text", t0 + i * cfg.text_turns + k, weights=w)
               for k in range(cfg.text_turns)] for i in range(cfg.text_rows)]
     return rows
