@@ -61,14 +61,31 @@ def summary(rows: list[dict]) -> list[str]:
     for r in rows:
         if "error" not in r and r["seed"] != "-":
             groups.setdefault(r["name"], []).append(r)
-    out = [f"{'file':<32} {'n':>2} {'vision':>14} {'text':>14} {'KLD':>16}"]
+    out = [f"{'file':<32} {'n':>2} {'vision':>14} {'text':>14} {'KLD x1e4':>16}"]
     for name, rs in groups.items():
         cells = []
-        for f, scale in (("vision", 100), ("text", 100), ("kl", 1)):
+        for f, scale, digits in (("vision", 100, 1), ("text", 100, 1), ("kl", 1e4, 3)):
             v = [scale * r[f] for r in rs]
-            cells.append(f"{sum(v) / len(v):>7.{1 if scale == 100 else 4}f} ±{(max(v) - min(v)):<{5}.{1 if scale == 100 else 4}f}")
+            cells.append(f"{sum(v) / len(v):>7.{digits}f} ±{(max(v) - min(v)):<5.{digits}f}")
         out.append(f"{name:<32} {len(rs):>2} {cells[0]:>14} {cells[1]:>14} {cells[2]:>16}")
     return out
+
+
+def render(rows: list[dict]) -> str:
+    """The table: one line per file and seed, then the means over seeds."""
+    base = rows[0]
+    table = [f"{'file':<32} {'seed':>4} {'bytes':>10} {'bpw':>6} {'vision':>7} {'text':>7} {'KLDx1e4':>8} "
+             f"{'rel.loss v/t %':>15}"]
+    for r in rows:
+        if "error" in r:
+            table.append(f"{r['name']:<32} {r['seed']!s:>4}  {r['error']}")
+            continue
+        rel = [100 * (base[f] - r[f]) / base[f] if base[f] else float("nan") for f in ("vision", "text")]
+        table.append(f"{r['name']:<32} {r['seed']!s:>4} {r['bytes']:>10,} {r['bpw'] or 0:>6.3f} "
+                     f"{100 * r['vision']:>6.1f}% {100 * r['text']:>6.1f}% {1e4 * (r['kl'] or 0):>8.3f} "
+                     f"{rel[0]:>7.1f}/{rel[1]:<7.1f}")
+    table += ["", "mean over seeds (spread = max - min):", *summary(rows)]
+    return "\n".join(table)
 
 
 def main() -> None:
@@ -82,7 +99,11 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     ap.add_argument("--granularities", nargs="+", default=["expert", "tensor"])
     ap.add_argument("--out", type=Path, default=Path("/tmp/mode-quality"))
+    ap.add_argument("--table", type=Path, metavar="QUALITY_JSON", help="only print the table of an earlier run")
     args = ap.parse_args()
+    if args.table:
+        print(render(json.loads(args.table.read_text())))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.data:
         data = args.data
@@ -131,21 +152,9 @@ def main() -> None:
                     rows.append({"name": f"{method}/{gran}@{budget}", "seed": seed, "bytes": _size(out),
                                  "bpw": round(alloc.expert_bpw, 3), **_eval(r.text_path, ref, args.limit)})
                     print(json.dumps(rows[-1]), flush=True)
-    base = rows[0]
-    table = [f"{'file':<32} {'seed':>4} {'bytes':>10} {'bpw':>6} {'vision':>7} {'text':>7} {'KLD':>8} "
-          f"{'rel.loss v/t %':>15}"]
-    for r in rows:
-        if "error" in r:
-            table.append(f"{r['name']:<32} {r['seed']!s:>4}  {r['error']}")
-            continue
-        rel = [100 * (base[f] - r[f]) / base[f] if base[f] else float("nan") for f in ("vision", "text")]
-        table.append(f"{r['name']:<32} {r['seed']!s:>4} {r['bytes']:>10,} {r['bpw'] or 0:>6.3f} "
-                     f"{100 * r['vision']:>6.1f}% {100 * r['text']:>6.1f}% {r['kl'] or 0:>8.4f} "
-                     f"{rel[0]:>7.1f}/{rel[1]:<7.1f}")
-    table += ["", "mean over seeds (spread = max - min):", *summary(rows)]
-    print("\n" + "\n".join(table))
-    (args.out / "quality.txt").write_text("\n".join(table) + "\n")
+    (args.out / "quality.txt").write_text(render(rows) + "\n")
     (args.out / "quality.json").write_text(json.dumps(rows, indent=1))
+    print("\n" + render(rows))
     print(f"\n{time.perf_counter() - t0:.0f} s; rows in {args.out / 'quality.json'}")
 
 
