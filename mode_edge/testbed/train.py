@@ -280,7 +280,7 @@ def train(out_dir: Path, cfg: TrainConfig, log: Callable[[dict], None] = lambda 
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        rec = {"step": step + 1, "loss": float(out.loss), "aux": float(out.aux_loss),
+        rec = {"step": step + 1, "loss": float(out.loss.detach()), "aux": float(out.aux_loss.detach()),
                "lr": lr_at(step, cfg), "elapsed_s": time.perf_counter() - t0}
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             rec["held_out"] = evaluate_hf(model, enc, held_out)
