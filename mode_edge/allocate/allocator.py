@@ -307,7 +307,7 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
         return [(idx, cap * share, items.sizes) for idx, share in zip(layers, shares)] or None
 
     notes: list[str] = []
-    for _ in range(8):
+    for attempt in range(12):
         grp = layer_groups(capacity)
 
         def fits(choice: np.ndarray, cap=capacity, grp=grp) -> bool:
@@ -329,7 +329,9 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
         text_b, mm_b = layout.file_bytes(plan)
         if budget.bytes is None or text_b + mm_b + reserve <= budget.bytes:
             break
-        capacity -= text_b + mm_b + reserve - budget.bytes   # expert-group headers: shrink and solve again
+        # expert-group headers and alignment: shrink and solve again. The overshoot can come back
+        # as large after each shrink (a fuller plan has more groups), so the step doubles.
+        capacity -= (text_b + mm_b + reserve - budget.bytes) << attempt
     else:
         raise UserError("could not fit the expert-group headers into the budget", "raise --budget slightly")
     notes.extend(ctx.notes)
