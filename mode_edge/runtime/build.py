@@ -43,10 +43,11 @@ def cmake_flags(cuda: bool, metal: bool) -> list[str]:
     return flags
 
 
-def cache_dir(flags: list[str]) -> Path:
+def cache_dir(flags: list[str], stock: bool = False) -> Path:
     root = Path(os.environ.get("MODE_EDGE_CACHE") or Path.home() / ".cache" / "mode-edge")
-    key = hashlib.sha256(patch_path().read_bytes() + f"{VERSION}|{' '.join(flags)}".encode()).hexdigest()[:16]
-    return root / "runtime" / f"{VERSION}-{key}"
+    patch = b"" if stock else patch_path().read_bytes()
+    key = hashlib.sha256(patch + f"{VERSION}|{' '.join(flags)}".encode()).hexdigest()[:16]
+    return root / "runtime" / f"{VERSION}-{'stock-' if stock else ''}{key}"
 
 
 def _run(cmd: list[str], log: Callable[[str], None], **kw) -> None:
@@ -71,13 +72,16 @@ def _apply(src: Path, patch: Path, log: Callable[[str], None]) -> None:
 
 
 def build(cuda: bool = False, metal: bool = False, force: bool = False, jobs: int | None = None,
-          install: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Build (or take from the cache) the patched wheel; install it unless install=False."""
+          install: bool = True, log: Callable[[str], None] = print, stock: bool = False) -> Path:
+    """Build (or take from the cache) the patched wheel; install it unless install=False.
+
+    stock=True builds the same release with the same flags but without our patch (the
+    reference that benchmarks/stock_identity.py compares against)."""
     flags = cmake_flags(cuda, metal)
-    cache = cache_dir(flags)
+    cache = cache_dir(flags, stock)
     wheels = sorted(cache.glob("*.whl"))
     if force or not wheels:
-        wheels = [_build_wheel(cache, flags, jobs, log)]
+        wheels = [_build_wheel(cache, flags, jobs, log, stock)]
     else:
         log(f"using the cached wheel {wheels[0]}")
     if install:
@@ -86,7 +90,8 @@ def build(cuda: bool = False, metal: bool = False, force: bool = False, jobs: in
     return wheels[0]
 
 
-def _build_wheel(cache: Path, flags: list[str], jobs: int | None, log: Callable[[str], None]) -> Path:
+def _build_wheel(cache: Path, flags: list[str], jobs: int | None, log: Callable[[str], None],
+                 stock: bool = False) -> Path:
     patch = patch_path()
     with tempfile.TemporaryDirectory(prefix="mode-edge-runtime-") as tmp:
         tmp = Path(tmp)
@@ -96,7 +101,8 @@ def _build_wheel(cache: Path, flags: list[str], jobs: int | None, log: Callable[
         with tarfile.open(archive) as tar:
             tar.extractall(tmp / "src", filter="data")
         src = next((tmp / "src").iterdir())
-        _apply(src, patch, log)
+        if not stock:
+            _apply(src, patch, log)
         env = dict(os.environ, CMAKE_ARGS=" ".join(flags),
                    CMAKE_BUILD_PARALLEL_LEVEL=str(jobs or os.cpu_count() or 2))
         out = tmp / "wheel"
@@ -137,15 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metal", action="store_true")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--no-install", action="store_true")
+    ap.add_argument("--stock", action="store_true", help="build without the patch (implies --no-install)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     try:
-        wheel = build(args.cuda, args.metal, args.force, install=not args.no_install,
-                      log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None))
+        wheel = build(args.cuda, args.metal, args.force, install=not (args.no_install or args.stock),
+                      log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None), stock=args.stock)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    print(f"{'built' if args.no_install else 'installed'} {wheel}")
+    print(f"{'built' if args.no_install or args.stock else 'installed'} {wheel}")
     return 0
 
 
