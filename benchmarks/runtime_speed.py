@@ -7,8 +7,8 @@ expert width 768, top-8), few layers. Stock: every matrix Q4_K (4.5 bpw). Groupe
 alternate Q3_K / Q5_K (3.44 / 5.5 bpw, 4.47 on average: the same size within 1%), everything
 else Q4_K, so each expert tensor is two interleaved groups. Prefill of 512 tokens in one batch
 and decode of 128 tokens one at a time, through llama-cpp-python on the CPU; each run is a
-fresh process, medians over repeats. "groups Q4_K/Q4_K" is the stock file with its experts split
-into two interleaved groups of the same type: the cost of grouping alone, with the same kernels
+fresh process, medians over repeats. "groups Q4_K x2 / x4" is the stock file with its experts split
+into two / four interleaved groups of the same type: the cost of grouping alone, with the same kernels
 (Q3_K and Q5_K have kernels of their own speed, so the mixed row also measures the types).
 The fallback path (ids clamped, outputs masked, what
 backends without the skip kernel run) is measured with MODE_EDGE_GROUPS_FALLBACK=1.
@@ -83,12 +83,15 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from tests.gguf_rewrite import regroup
 
-        same = tmp / "same" / "groups-q4_k.gguf"
-        same.parent.mkdir()
-        regroup(stock, same, n_groups=2)
-        (same.parent / stock.parent.glob("mmproj-*.gguf").__next__().name).write_bytes(
-            next(stock.parent.glob("mmproj-*.gguf")).read_bytes())
-        rows = [("stock Q4_K", stock, None), ("groups Q4_K/Q4_K, skip", same, None),
+        mmproj = next(stock.parent.glob("mmproj-*.gguf"))
+        same = {}
+        for n in (2, 4):  # a MODE file has one group per type it uses (3 in the README's 7MB demo file)
+            same[n] = tmp / f"same{n}" / "groups-q4_k.gguf"
+            same[n].parent.mkdir()
+            regroup(stock, same[n], n_groups=n)
+            (same[n].parent / mmproj.name).write_bytes(mmproj.read_bytes())
+        rows = [("stock Q4_K", stock, None), ("groups Q4_K x2, skip", same[2], None),
+                ("groups Q4_K x4, skip", same[4], None),
                 ("groups Q3_K/Q5_K, skip", grouped, None),
                 ("groups Q3_K/Q5_K, fallback", grouped, {"MODE_EDGE_GROUPS_FALLBACK": "1"})]
         base = None
