@@ -27,10 +27,10 @@ from mode_edge.allocate.methods import METHODS
 from mode_edge.allocate.plan import QuantPlan
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
 from mode_edge.gguf.export import export_model
-from mode_edge.pipeline import default_data
 from mode_edge.quant_types import LADDER, bits_per_weight, parse_type
 from mode_edge.quantize.imatrix import Imatrix
 from mode_edge.signals.stats import ExpertStats
+from mode_edge.testbed.tasks import export_split
 
 BUDGETS = {"W3": 3.2, "W2": 2.45}
 BASELINE_METHODS = ["uniform", "frequency", "hessian", "veq", "mode", "mode-text", "mode-pooled",
@@ -105,14 +105,8 @@ def main() -> None:
         print(render(json.loads(args.table.read_text())))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.data:
-        data = args.data
-    elif (args.model / "calibration").is_dir() and args.model.name == "demo-model":
-        from mode_edge.testbed.tasks import export_split
-
-        data = export_split(args.out / "calibration-256", "calibration", 256)
-    else:
-        data = default_data(args.model)
+    # the test split and this pool come from the same generator (mode_edge/testbed/tasks.py)
+    data = args.data or export_split(args.out / "calibration-256", "calibration", 256)
     rows: list[dict] = []
 
     f32 = export_model(args.model, args.out / "f32", "f32")

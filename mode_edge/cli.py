@@ -487,12 +487,12 @@ def chat(
 ) -> None:
     """Chat with a converted model in the terminal (images through its vision projector)."""
     from mode_edge.evaluate.runner import resolve_model
-    from mode_edge.run.chat import Chat, image_url
+    from mode_edge.run.chat import Chat, check_image
 
     text_path, mmproj_path = resolve_model(model, mmproj)
     images = list(image or [])
     for p in images:
-        image_url(p)   # unreadable images fail before the model loads
+        check_image(p)   # unreadable images fail before the model loads
     session = Chat(text_path, mmproj_path, n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose)
     try:
         if prompt is not None:
@@ -518,7 +518,7 @@ def chat(
             if line.startswith("/image "):
                 p = Path(line[len("/image "):].strip())
                 try:
-                    image_url(p)
+                    check_image(p)
                     pending.append(p)
                 except UserError as e:
                     console.print(f"[red]error:[/red] {e}")

@@ -12,7 +12,7 @@ from mode_edge.errors import UserError
 from mode_edge.gguf.groups import GROUPS_KEY, expert_types
 
 
-def _field_value(reader: GGUFReader, key: str) -> Any:
+def field_value(reader: GGUFReader, key: str) -> Any:
     field = reader.get_field(key)
     if field is None:
         return None
@@ -32,7 +32,7 @@ def open_gguf(path: Path) -> GGUFReader:
 
 def summarize(path: Path) -> dict[str, Any]:
     reader = open_gguf(path)
-    arch = _field_value(reader, "general.architecture")
+    arch = field_value(reader, "general.architecture")
     counts: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
     n_params = 0
@@ -50,7 +50,7 @@ def summarize(path: Path) -> dict[str, Any]:
         "tensor_count": len(reader.tensors),
         "parameters": n_params,
         "types": {k: {"tensors": counts[k], "bytes": sizes[k]} for k in sorted(counts, key=lambda k: -sizes[k])},
-        "metadata": {k: _field_value(reader, k) for k in keys if reader.get_field(k) is not None},
-        "expert_groups": _field_value(reader, GROUPS_KEY),
+        "metadata": {k: field_value(reader, k) for k in keys if reader.get_field(k) is not None},
+        "expert_groups": field_value(reader, GROUPS_KEY),
         "experts": experts,
     }

@@ -11,43 +11,52 @@ from typing import Iterator
 from mode_edge.errors import UserError
 
 
-def default_ctx(text_path: Path, cap: int = 4096) -> int:
+def default_ctx(reader, cap: int = 4096) -> int:
     """The model's training context, at most cap (a long-context model would reserve a huge KV cache)."""
-    from gguf import GGUFReader
+    from mode_edge.gguf.inspect import field_value
 
-    r = GGUFReader(text_path)
-    arch = r.get_field("general.architecture")
-    n = r.get_field(f"{arch.contents()}.context_length") if arch is not None else None
-    return min(cap, int(n.contents())) if n is not None else cap
+    n = field_value(reader, f"{field_value(reader, 'general.architecture')}.context_length")
+    return min(cap, int(n)) if n is not None else cap
 
 
-def needs_patched_runtime(text_path: Path) -> bool:
-    from gguf import GGUFReader
-
+def needs_patched_runtime(reader) -> bool:
     from mode_edge.gguf.groups import GROUPS_KEY
 
-    return GGUFReader(text_path).get_field(GROUPS_KEY) is not None
+    return reader.get_field(GROUPS_KEY) is not None
 
 
-def check_runtime(text_path: Path) -> None:
+def check_runtime(text_path: Path, reader) -> None:
     from mode_edge.runtime.build import GROUPS, capabilities
 
-    if needs_patched_runtime(text_path) and not capabilities() & GROUPS:
+    if needs_patched_runtime(reader) and not capabilities() & GROUPS:
         raise UserError(f"{text_path.name} gives experts of one tensor different types (expert groups), which the "
                         "installed llama.cpp cannot run", "run `mode-edge runtime build` once, then try again")
 
 
-def image_url(path: Path) -> str:
+def _open_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            buf = io.BytesIO()
-            im.convert("RGB").save(buf, format="PNG")
+        return Image.open(path)
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist", "check the path") from None
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"cannot read image {path} ({e.__class__.__name__})", "pass a PNG, JPEG or WebP file") from None
+
+
+def check_image(path: Path) -> None:
+    """Fail early on a missing or unreadable image (reads the header only)."""
+    _open_image(path).close()
+
+
+def image_url(path: Path) -> str:
+    with _open_image(path) as im:
+        buf = io.BytesIO()
+        try:
+            im.convert("RGB").save(buf, format="PNG")
+        except OSError as e:   # a truncated file fails only when its pixels are read
+            raise UserError(f"cannot read image {path} ({e.__class__.__name__})",
+                            "pass a PNG, JPEG or WebP file") from None
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -57,8 +66,11 @@ class Chat:
         import llama_cpp
         from llama_cpp.llama_chat_format import MTMDChatHandler
 
-        check_runtime(text_path)
-        n_ctx = n_ctx or default_ctx(text_path)
+        from mode_edge.gguf.inspect import open_gguf
+
+        reader = open_gguf(text_path)   # one read of the header: expert groups and context length
+        check_runtime(text_path, reader)
+        n_ctx = n_ctx or default_ctx(reader)
         if not verbose:
             from mode_edge.run.mtmd import quiet_mtmd_logs
 
