@@ -50,6 +50,8 @@ def main() -> None:
                     help="relative task frequencies, e.g. digit=3,word=3 (others 1)")
     ap.add_argument("--curriculum", action="store_true",
                     help="mix easier variants of some tasks into training (one-shape pictures for 'shape')")
+    ap.add_argument("--grow-vision", default=None, metavar="DEPTH,FF",
+                    help="with --init-from: more vision blocks / a wider vision MLP, starting as the same function")
     ap.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples)
     ap.add_argument("--snapshots", action="store_true", help="save OUT-step<N>/ at every evaluation")
     a = ap.parse_args()
@@ -58,6 +60,8 @@ def main() -> None:
                       init_from=str(a.init_from) if a.init_from else None, data_offset=a.data_offset,
                       warmup=a.warmup, eval_samples=a.eval_samples,
                       task_weights=_weights(a.task_weights), curriculum=a.curriculum)
+    if a.grow_vision:
+        cfg.vision_depth, cfg.vision_ff = (int(x) for x in a.grow_vision.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
     logf = open(a.out / "train.log", "a")
 

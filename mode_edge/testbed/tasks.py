@@ -176,10 +176,11 @@ def _vision(task: str, rng: random.Random, size: int, curriculum: bool = False) 
                                                           x0 + half - _px(12, size), y0 + half - _px(12, size)))
         return Example(task, f"Where is the {shapes[0]}?", POSITIONS[q], np.asarray(im))
     if task == "left_of":
+        # one shape wholly left of the other (their x-extents apart): with overlapping extents
+        # "left of" has no clear answer, even for a person
         while True:
             im, colors, shapes, boxes, _ = _scene(rng, size, 2)
-            ca, cb = (boxes[0][0] + boxes[0][2]) / 2, (boxes[1][0] + boxes[1][2]) / 2
-            if abs(ca - cb) >= _px(24, size):
+            if boxes[0][0] - boxes[1][2] >= _px(8, size) or boxes[1][0] - boxes[0][2] >= _px(8, size):
                 break
         i, j = (0, 1) if rng.random() < 0.5 else (1, 0)
         left = ((boxes[i][0] + boxes[i][2]) / 2) < ((boxes[j][0] + boxes[j][2]) / 2)

@@ -45,6 +45,7 @@ class TrainConfig:
     expert_ff: int = 256
     vision_hidden: int = 64
     vision_depth: int = 3
+    vision_ff: int | None = None  # vision MLP width (None: 2 x vision_hidden)
     vocab_size: int = 512
     corpus_size: int = 4000  # training examples whose text the tokenizer learns from
     router_aux_loss_coef: float = 0.01
@@ -69,7 +70,8 @@ def demo_config_dict(vocab_size: int, special: dict[str, int], cfg: TrainConfig)
     t["output_router_logits"] = True
     t["max_position_embeddings"] = 1024
     v = d["vision_config"]
-    v.update(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden, depth=cfg.vision_depth,
+    v.update(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_ff or 2 * cfg.vision_hidden,
+             depth=cfg.vision_depth,
              num_heads=2, num_position_embeddings=256,
              deepstack_visual_indexes=[cfg.vision_depth // 2 - 1, cfg.vision_depth - 1])
     return d
@@ -242,6 +244,10 @@ def build_untrained(out_dir: Path, cfg: TrainConfig):
             shutil.copy(src / name, out_dir / name)
         model = Qwen3VLMoeForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
         model.config.dtype = "float32"
+        vc = model.config.vision_config
+        if cfg.vision_depth > vc.depth or (cfg.vision_ff or 0) > vc.intermediate_size:
+            torch.manual_seed(cfg.seed)
+            grow_vision(model, max(cfg.vision_depth, vc.depth), max(cfg.vision_ff or 0, vc.intermediate_size))
         return model, Encoder.from_dir(src)
     tok = train_tiny_tokenizer(cfg.vocab_size, corpus=tasks.text_corpus(cfg.corpus_size))
     special = save_tokenizer(tok, out_dir, model_max_length=1024)
@@ -252,6 +258,41 @@ def build_untrained(out_dir: Path, cfg: TrainConfig):
     enc = Encoder(AutoTokenizer.from_pretrained(out_dir), AutoImageProcessor.from_pretrained(out_dir),
                   config.image_token_id, config.vision_config.spatial_merge_size)
     return model, enc
+
+
+def grow_vision(model, depth: int, ff: int, std: float = 0.02) -> None:
+    """Give a trained vision tower more blocks and wider MLPs without changing what it computes.
+
+    New MLP units get random input weights and zero output weights; new blocks are copies of
+    the last with zero output projections (attention and MLP), so each starts as the identity.
+    Training then uses the new capacity from the old function, not from scratch. The deepstack
+    taps stay where they were."""
+    import copy
+
+    import torch
+
+    vis = model.model.visual
+    with torch.no_grad():
+        for blk in vis.blocks:
+            fc1, fc2 = blk.mlp.linear_fc1, blk.mlp.linear_fc2
+            old = fc1.out_features
+            if ff > old:
+                new1 = torch.nn.Linear(fc1.in_features, ff)
+                new1.weight.normal_(0, std)
+                new1.bias.zero_()
+                new1.weight[:old], new1.bias[:old] = fc1.weight, fc1.bias
+                new2 = torch.nn.Linear(ff, fc2.out_features)
+                new2.weight.zero_()
+                new2.weight[:, :old], new2.bias[:] = fc2.weight, fc2.bias
+                blk.mlp.linear_fc1, blk.mlp.linear_fc2 = new1, new2
+        while len(vis.blocks) < depth:
+            blk = copy.deepcopy(vis.blocks[-1])
+            for lin in (blk.attn.proj, blk.mlp.linear_fc2):
+                lin.weight.zero_()
+                lin.bias.zero_()
+            vis.blocks.append(blk)
+    vc = model.config.vision_config
+    vc.depth, vc.intermediate_size = len(vis.blocks), max(ff, vc.intermediate_size)
 
 
 def train(out_dir: Path, cfg: TrainConfig, log: Callable[[dict], None] = lambda rec: None,
