@@ -88,11 +88,13 @@ def test_answers_match_the_pictures():
 
         ex = tasks.make_example("left_of", rng)
         c1, c2 = ex.prompt.split("the ")[1].split()[0], ex.prompt.split("the ")[2].split()[0]
-        centre = {}
+        extent = {}
         for c in (c1, c2):
-            mask = np.all(ex.image == np.array(tasks.COLORS[c], dtype=np.uint8), axis=-1)
-            centre[c] = np.nonzero(mask)[1].mean()
-        assert ("yes" if centre[c1] < centre[c2] else "no") == ex.answer
+            xs = np.nonzero(np.all(ex.image == np.array(tasks.COLORS[c], dtype=np.uint8), axis=-1))[1]
+            extent[c] = (xs.min(), xs.max())
+        left, right = sorted((c1, c2), key=lambda c: extent[c][0])
+        assert extent[left][1] < extent[right][0]  # one shape wholly left of the other
+        assert ex.answer == left
 
 
 def _components(mask: np.ndarray) -> int:

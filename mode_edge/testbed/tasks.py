@@ -183,9 +183,9 @@ def _vision(task: str, rng: random.Random, size: int, curriculum: bool = False) 
             if boxes[0][0] - boxes[1][2] >= _px(8, size) or boxes[1][0] - boxes[0][2] >= _px(8, size):
                 break
         i, j = (0, 1) if rng.random() < 0.5 else (1, 0)
-        left = ((boxes[i][0] + boxes[i][2]) / 2) < ((boxes[j][0] + boxes[j][2]) / 2)
-        return Example(task, f"Is the {colors[i]} shape left of the {colors[j]} shape?",
-                       "yes" if left else "no", np.asarray(im))
+        answer = colors[i] if boxes[i][0] < boxes[j][0] else colors[j]
+        return Example(task, f"Which is left, the {colors[i]} or the {colors[j]} shape?", answer,
+                       np.asarray(im))
     if task == "bigger":
         im, colors, shapes, boxes, sizes = _scene(rng, size, 2, distinct_sizes=True)
         i, j = (0, 1) if rng.random() < 0.5 else (1, 0)
