@@ -6,8 +6,8 @@
 Calibration data: without --data, the first 256 samples of the generator's calibration split
 (the demo model's own calibration/ folder holds the first 128); each seed draws its --samples
 from them. For each calibration seed: calibrate once (all ladder types, so W2-class budgets can use the
-IQ2 types), then for two budgets -- W3-class (3.2 bits per routed-expert weight) and W2-class
-(2.45) -- and both granularities, plan with every method and pack; plus F32, Q8_0 and uniform
+IQ2 types), then for three budgets -- W3-class (3.2 bits per routed-expert weight), W2-class
+(2.45) and W1-class (2.1) -- and both granularities, plan with every method and pack; plus F32, Q8_0 and uniform
 Q4_K/Q3_K/Q2_K references (uniform files use calibration's plain importance matrix). Every
 file is evaluated with `mode-edge eval`'s engine (llama.cpp, images included) against the F32
 file: exact match per family, KL divergence, and relative loss vs F32. Files whose experts
@@ -32,7 +32,9 @@ from mode_edge.quantize.imatrix import Imatrix
 from mode_edge.signals.stats import ExpertStats
 from mode_edge.testbed.tasks import export_split
 
-BUDGETS = {"W3": 3.2, "W2": 2.45}
+# W1 (2.1) sits just above IQ2_XXS (2.06): nearly every expert at the lowest type, so which few
+# experts a method spares decides the accuracy
+BUDGETS = {"W3": 3.2, "W2": 2.45, "W1": 2.1}
 BASELINE_METHODS = ["uniform", "frequency", "hessian", "veq", "mode", "mode-text", "mode-pooled",
                     "mode-allvision", "mode-nosens"]
 

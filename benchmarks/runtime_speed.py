@@ -7,8 +7,9 @@ expert width 768, top-8), few layers. Stock: every matrix Q4_K (4.5 bpw). Groupe
 alternate Q3_K / Q5_K (3.44 / 5.5 bpw, 4.47 on average: the same size within 1%), everything
 else Q4_K, so each expert tensor is two interleaved groups. Prefill of 512 tokens in one batch
 and decode of 128 tokens one at a time, through llama-cpp-python on the CPU; each run is a
-fresh process, medians over repeats. "groups Q4_K x2 / x4" is the stock file with its experts split
-into two / four interleaved groups of the same type: the cost of grouping alone, with the same kernels
+fresh process; the files take turns (one round = each file once) and ratios are medians of the
+per-round ratios. "groups Q4_K x2 / x4 / x8" is the stock file with its experts split
+into two / four / eight interleaved groups of the same type: the cost of grouping alone, with the same kernels
 (Q3_K and Q5_K have kernels of their own speed, so the mixed row also measures the types).
 The fallback path (ids clamped, outputs masked, what
 backends without the skip kernel run) is measured with MODE_EDGE_GROUPS_FALLBACK=1.
@@ -41,14 +42,27 @@ print(n_prompt / tp, n_gen / td)
 """
 
 
-def measure(path: Path, threads: int, repeats: int, env: dict | None = None) -> tuple[float, float]:
-    pre, dec = [], []
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", RUN, str(path), "512", "128", str(threads)], check=True,
-                             capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout.split()
-        pre.append(float(out[0]))
-        dec.append(float(out[1]))
-    return statistics.median(pre), statistics.median(dec)
+def measure(path: Path, threads: int, env: dict | None = None) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", RUN, str(path), "512", "128", str(threads)], check=True,
+                         capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def interleaved(rows: list, threads: int, repeats: int) -> list[dict]:
+    """Every file once per round, rounds repeated; ratios are taken within a round (against the
+    first row) and their median reported, so a machine that slows down mid-run moves every row
+    of a round alike instead of skewing the ratios."""
+    runs = [[measure(path, threads, env) for _, path, env in rows] for _ in range(repeats)]
+    out = []
+    for i, (name, path, _) in enumerate(rows):
+        pre, dec = [r[i][0] for r in runs], [r[i][1] for r in runs]
+        out.append({"name": name, "mb": path.stat().st_size / 1e6,
+                    "prefill": statistics.median(pre), "decode": statistics.median(dec),
+                    "prefill_ratio": statistics.median(r[i][0] / r[0][0] for r in runs),
+                    "decode_ratio": statistics.median(r[i][1] / r[0][1] for r in runs),
+                    "prefill_ratios": [r[i][0] / r[0][0] for r in runs],
+                    "decode_ratios": [r[i][1] / r[0][1] for r in runs]})
+    return out
 
 
 def main() -> None:
@@ -85,25 +99,24 @@ def main() -> None:
 
         mmproj = next(stock.parent.glob("mmproj-*.gguf"))
         same = {}
-        for n in (2, 4):  # a MODE file has one group per type it uses (3 in the README's 7MB demo file)
+        for n in (2, 4, 8):  # a MODE file has one group per type it uses (3 in the README's 7MB demo file)
             same[n] = tmp / f"same{n}" / "groups-q4_k.gguf"
             same[n].parent.mkdir()
             regroup(stock, same[n], n_groups=n)
             (same[n].parent / mmproj.name).write_bytes(mmproj.read_bytes())
         rows = [("stock Q4_K", stock, None), ("groups Q4_K x2, skip", same[2], None),
-                ("groups Q4_K x4, skip", same[4], None),
+                ("groups Q4_K x4, skip", same[4], None), ("groups Q4_K x8, skip", same[8], None),
                 ("groups Q3_K/Q5_K, skip", grouped, None),
                 ("groups Q3_K/Q5_K, fallback", grouped, {"MODE_EDGE_GROUPS_FALLBACK": "1"})]
-        base = None
         print(f"{args.layers} layers x 128 experts (hidden 2048, width 768, top-8); {args.threads} threads; "
-              f"median of {args.repeats}")
-        print(f"{'file':<28} {'MB':>8} {'prefill tok/s':>14} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}")
-        for name, path, env in rows:
-            pre, dec = measure(path, args.threads, args.repeats, env)
-            base = base or (pre, dec)
-            print(f"{name:<28} {path.stat().st_size / 1e6:>8.1f} {pre:>14.1f} {pre / base[0]:>6.3f} "
-                  f"{dec:>13.2f} {dec / base[1]:>6.3f}", flush=True)
-
+              f"{args.repeats} interleaved rounds; medians, ratios vs stock within each round")
+        print(f"{'file':<28} {'MB':>8} {'prefill tok/s':>14} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}"
+              "   ratio range (prefill; decode)")
+        for r in interleaved(rows, args.threads, args.repeats):
+            print(f"{r['name']:<28} {r['mb']:>8.1f} {r['prefill']:>14.1f} {r['prefill_ratio']:>6.3f} "
+                  f"{r['decode']:>13.2f} {r['decode_ratio']:>6.3f}   "
+                  f"{min(r['prefill_ratios']):.3f}-{max(r['prefill_ratios']):.3f}; "
+                  f"{min(r['decode_ratios']):.3f}-{max(r['decode_ratios']):.3f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -24,20 +24,38 @@ LOGITS_SCRIPT = """
 import json, sys
 import numpy as np
 import llama_cpp
-llm = llama_cpp.Llama(sys.argv[1], n_ctx=128, n_threads=2, verbose=False, logits_all=True,
+path, prompt, out, steps, repack = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "steps", sys.argv[5] == "1"
+if not repack:  # weights in plain CPU memory: the kernels of ggml-cpu.c, not repack.cpp's
+    default = llama_cpp.llama_cpp.llama_model_default_params
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    llama_cpp.llama_cpp.llama_model_default_params = params
+llm = llama_cpp.Llama(path, n_ctx=128, n_threads=2, verbose=True, logits_all=True,
                       type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
-llm.eval(llm.tokenize(sys.argv[2].encode(), special=True))
-np.save(sys.argv[3], np.asarray(llm.scores[: llm.n_tokens], dtype=np.float32))
+toks = llm.tokenize(prompt.encode(), special=True)
+if steps:  # one token per batch, as decoding runs
+    for t in toks:
+        llm.eval([t])
+else:
+    llm.eval(toks)
+np.save(out, np.asarray(llm.scores[: llm.n_tokens], dtype=np.float32))
 """
+ONE_OP = "all expert groups in one mul_mat_id"
 
 
-def logits(path, tmp_path, env=None) -> np.ndarray:
+def logits(path, tmp_path, env=None, steps=False, repack=True, log=None) -> np.ndarray:
     """Logits of every prompt position, computed in a fresh process (the runtime reads
-    MODE_EDGE_GROUPS_FALLBACK once per process)."""
+    MODE_EDGE_GROUPS_FALLBACK once per process). steps: one token per batch (decoding: the CPU
+    runs all groups in one op); repack=False keeps weights out of ggml's repacked layouts."""
     out = tmp_path / f"logits-{path.stem}-{len(os.listdir(tmp_path))}.npy"
-    proc = subprocess.run([sys.executable, "-c", LOGITS_SCRIPT, str(path), PROMPT, str(out)],
+    proc = subprocess.run([sys.executable, "-c", LOGITS_SCRIPT, str(path), PROMPT, str(out),
+                           "steps" if steps else "batch", "1" if repack else "0"],
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    if log is not None:
+        log.append(proc.stderr)
     return np.load(out)
 
 
@@ -71,6 +89,19 @@ def test_same_type_groups_give_the_stock_logits(stock, tmp_path):
     grouped = tmp_path / "grouped-q4k.gguf"
     regroup(stock["Q4_K"], grouped, n_groups=3)
     ref, got = logits(stock["Q4_K"], tmp_path), logits(grouped, tmp_path)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    assert np.array_equal(got, ref)
+
+
+def test_decoding_runs_groups_in_one_op_with_the_stock_logits(stock, tmp_path):
+    """Token by token, with weights in plain memory, one op runs all groups (the log says so)
+    and gives the stock file's logits bit for bit: the same dot products per expert row."""
+    grouped = tmp_path / "grouped-q4k.gguf"
+    regroup(stock["Q4_K"], grouped, n_groups=3)
+    log: list[str] = []
+    ref = logits(stock["Q4_K"], tmp_path, steps=True, repack=False)
+    got = logits(grouped, tmp_path, steps=True, repack=False, log=log)
+    assert ONE_OP in log[0]
     assert got.shape == ref.shape and np.isfinite(got).all()
     assert np.array_equal(got, ref)
 
@@ -119,6 +150,24 @@ def test_mixed_types_match_the_dequantized_stock_file(mixed, tmp_path):
     assert (diff.max(-1) <= 0.02 * span).mean() >= 0.9
     assert diff.mean() <= 0.005 * span
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.85
+
+
+def test_decoding_mixed_types_matches_the_dequantized_stock_file(mixed, tmp_path):
+    """The one-op path (four types in one op, src1 converted once per vec_dot type) against the
+    F32 file with the same weights, token by token; and against the per-group path."""
+    grouped, ref, _ = mixed
+    log: list[str] = []
+    a = logits(ref, tmp_path, steps=True, repack=False)
+    b = logits(grouped, tmp_path, steps=True, repack=False, log=log)
+    assert ONE_OP in log[0]
+    span = float(a.max() - a.min())
+    diff = np.abs(a - b)
+    assert (diff.max(-1) <= 0.02 * span).mean() >= 0.9   # as in the batch test above
+    assert diff.mean() <= 0.005 * span
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.85
+    # the same file in one batch (one op per group): the same model, other kernels (gemm)
+    c = logits(grouped, tmp_path, repack=False)
+    assert np.abs(b - c).mean() <= 0.005 * span
 
 
 def test_regrouping_mixed_types_is_exact(mixed, tmp_path):
