@@ -30,6 +30,13 @@ import sys, time
 import numpy as np
 import llama_cpp
 path, n_prompt, n_gen, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+if sys.argv[5] == "0":  # weights in plain CPU memory, not ggml's repacked layouts
+    default = llama_cpp.llama_cpp.llama_model_default_params
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    llama_cpp.llama_cpp.llama_model_default_params = params
 llm = llama_cpp.Llama(path, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=n_prompt, n_threads=threads,
                       n_threads_batch=threads, verbose=False)
 toks = [int(t) for t in np.random.default_rng(0).integers(20, llm.n_vocab() - 20, n_prompt)]
@@ -42,17 +49,18 @@ print(n_prompt / tp, n_gen / td)
 """
 
 
-def measure(path: Path, threads: int, env: dict | None = None) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", RUN, str(path), "512", "128", str(threads)], check=True,
+def measure(path: Path, threads: int, env: dict | None = None, repack: bool = True) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", RUN, str(path), "512", "128", str(threads), "1" if repack else "0"],
+                         check=True,
                          capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout.split()
     return float(out[0]), float(out[1])
 
 
-def interleaved(rows: list, threads: int, repeats: int) -> list[dict]:
+def interleaved(rows: list, threads: int, repeats: int, repack: bool = True) -> list[dict]:
     """Every file once per round, rounds repeated; ratios are taken within a round (against the
     first row) and their median reported, so a machine that slows down mid-run moves every row
     of a round alike instead of skewing the ratios."""
-    runs = [[measure(path, threads, env) for _, path, env in rows] for _ in range(repeats)]
+    runs = [[measure(path, threads, env, repack) for _, path, env in rows] for _ in range(repeats)]
     out = []
     for i, (name, path, _) in enumerate(rows):
         pre, dec = [r[i][0] for r in runs], [r[i][1] for r in runs]
@@ -80,6 +88,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=3)   # 2 text layers with 2 deepstack layers trips a llama.cpp assert
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-repack", action="store_true",
+                    help="keep weights out of ggml's repacked CPU layouts (use_extra_bufts off), in every row: "
+                         "decoding then runs all expert groups in one op")
     args = ap.parse_args()
     if not capabilities() & GROUPS:
         sys.exit("the installed llama.cpp is stock: run `mode-edge runtime build` first")
@@ -109,10 +120,11 @@ def main() -> None:
                 ("groups Q3_K/Q5_K, skip", grouped, None),
                 ("groups Q3_K/Q5_K, fallback", grouped, {"MODE_EDGE_GROUPS_FALLBACK": "1"})]
         print(f"{args.layers} layers x 128 experts (hidden 2048, width 768, top-8); {args.threads} threads; "
-              f"{args.repeats} interleaved rounds; medians, ratios vs stock within each round")
+              f"{args.repeats} interleaved rounds; medians, ratios vs stock within each round; "
+              f"{'no repacked weights' if args.no_repack else 'repacked weights where ggml repacks'}")
         print(f"{'file':<28} {'MB':>8} {'prefill tok/s':>14} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}"
               "   ratio range (prefill; decode)")
-        for r in interleaved(rows, args.threads, args.repeats):
+        for r in interleaved(rows, args.threads, args.repeats, not args.no_repack):
             print(f"{r['name']:<28} {r['mb']:>8.1f} {r['prefill']:>14.1f} {r['prefill_ratio']:>6.3f} "
                   f"{r['decode']:>13.2f} {r['decode_ratio']:>6.3f}   "
                   f"{min(r['prefill_ratios']):.3f}-{max(r['prefill_ratios']):.3f}; "

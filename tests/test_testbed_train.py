@@ -78,3 +78,35 @@ def test_trained_model_converts_and_evaluates(trained, tmp_path):
     assert res.kl_mean is not None and res.kl_mean < 1e-6
     assert all(isinstance(p["output"], str) for p in res.predictions)
     assert [p["task"] for p in res.predictions] == [e.task for e in tasks.split_examples("test", 4)]
+
+
+def test_grown_vision_tower_computes_the_same_then_trains(trained, tmp_path):
+    """--grow-vision: more blocks and a wider MLP, the same logits before any step (new output
+    weights are zero), a saved config that transformers reloads, and training goes on from it."""
+    import torch
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    from mode_edge.testbed.train import Encoder, grow_vision
+
+    out, _, _ = trained
+    model = Qwen3VLMoeForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+    enc = Encoder.from_dir(out)
+    batch = enc.batch(tasks.split_examples("test", 4, image_size=128))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        before = model(**inputs).logits
+        grow_vision(model, depth=5, ff=128)
+        after = model(**inputs).logits
+    assert len(model.model.visual.blocks) == 5 and model.model.visual.blocks[0].mlp.linear_fc1.out_features == 128
+    assert torch.equal(before, after)
+    model.save_pretrained(tmp_path / "grown")
+    for f in out.iterdir():
+        if f.suffix in (".json", ".jinja") and f.name not in ("config.json", "training.json"):
+            (tmp_path / "grown" / f.name).write_bytes(f.read_bytes())
+    cfg = _cfg(steps=2)
+    cfg.init_from, cfg.eval_every = str(tmp_path / "grown"), 0
+    train(tmp_path / "cont", cfg)
+    cont = Qwen3VLMoeForConditionalGeneration.from_pretrained(tmp_path / "cont", dtype=torch.float32)
+    assert cont.config.vision_config.depth == 5 and cont.config.vision_config.intermediate_size == 128
+    # the new blocks' output weights moved off zero: they are being trained
+    assert cont.model.visual.blocks[4].mlp.linear_fc2.weight.abs().sum() > 0
