@@ -83,8 +83,8 @@ def test_llama_cpp_answers_equal_transformers(demo_f32, hf_demo, capsys):
     # the model card's accuracy (vision 90.4%, text 100% on 520 samples), on a handful
     for fam in ("vision", "text"):
         assert res["families"][fam]["n"] == N // 2
-    assert res["families"]["vision"]["accuracy"] >= 0.4
-    assert res["families"]["text"]["accuracy"] >= 0.8
+    assert res["families"]["vision"]["accuracy"] >= 0.6   # 6 of these 8 at commit time
+    assert res["families"]["text"]["accuracy"] >= 0.875   # 8 of 8 at commit time
     assert sum(t["n"] for t in res["by_task"].values()) == N
 
 
