@@ -31,12 +31,8 @@ import numpy as np
 import llama_cpp
 path, n_prompt, n_gen, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if sys.argv[5] == "0":  # weights in plain CPU memory, not ggml's repacked layouts
-    default = llama_cpp.llama_cpp.llama_model_default_params
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-    llama_cpp.llama_cpp.llama_model_default_params = params
+    from mode_edge.runtime.unpacked import load_weights_unpacked
+    load_weights_unpacked()
 llm = llama_cpp.Llama(path, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=n_prompt, n_threads=threads,
                       n_threads_batch=threads, verbose=False)
 toks = [int(t) for t in np.random.default_rng(0).integers(20, llm.n_vocab() - 20, n_prompt)]

@@ -26,12 +26,8 @@ import numpy as np
 import llama_cpp
 path, prompt, out, steps, repack = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "steps", sys.argv[5] == "1"
 if not repack:  # weights in plain CPU memory: the kernels of ggml-cpu.c, not repack.cpp's
-    default = llama_cpp.llama_cpp.llama_model_default_params
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-    llama_cpp.llama_cpp.llama_model_default_params = params
+    from mode_edge.runtime.unpacked import load_weights_unpacked
+    load_weights_unpacked()
 llm = llama_cpp.Llama(path, n_ctx=128, n_threads=2, verbose=True, logits_all=True,
                       type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 toks = llm.tokenize(prompt.encode(), special=True)

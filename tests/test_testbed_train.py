@@ -105,7 +105,9 @@ def test_grown_vision_tower_computes_the_same_then_trains(trained, tmp_path):
             (tmp_path / "grown" / f.name).write_bytes(f.read_bytes())
     cfg = _cfg(steps=2)
     cfg.init_from, cfg.eval_every = str(tmp_path / "grown"), 0
-    train(tmp_path / "cont", cfg)
+    record = train(tmp_path / "cont", cfg)
+    # the record describes the model trained (5 blocks), not the config's default (3)
+    assert (record["config"]["vision_depth"], record["config"]["vision_ff"]) == (5, 128)
     cont = Qwen3VLMoeForConditionalGeneration.from_pretrained(tmp_path / "cont", dtype=torch.float32)
     assert cont.config.vision_config.depth == 5 and cont.config.vision_config.intermediate_size == 128
     # the new blocks' output weights moved off zero: they are being trained

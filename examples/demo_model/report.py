@@ -84,8 +84,7 @@ def card(rep: dict, stages: list[dict], commands: list[str]) -> str:
     from mode_edge.testbed import tasks
 
     c = stages[0]["config"]
-    # the vision tower may have grown in a later stage (--grow-vision) and only grows
-    v = {k: max(st["config"].get(k) or 0 for st in stages) for k in ("vision_depth", "vision_hidden", "vision_ff")}
+    v = stages[-1]["config"]  # the model as trained last (its vision tower may have grown: --grow-vision)
     lc, hf, ro = rep["llama_cpp"], rep["transformers"], rep["routing"]
     counts = np.array(ro["counts"])  # [L, E, 2]
     L, E = counts.shape[:2]
@@ -105,7 +104,7 @@ def card(rep: dict, stages: list[dict], commands: list[str]) -> str:
         f"| decoder | {c['n_layers']} layers, all MoE: {c['n_experts']} routed experts, top-{c['top_k']}, "
         f"hidden {c['hidden']}, expert width {c['expert_ff']} (multiples of 256: K-quants apply) |",
         f"| vision tower | {v['vision_depth']} blocks, width {v['vision_hidden']}, MLP width "
-        f"{v['vision_ff'] or 2 * v['vision_hidden']}, patch 16, merge 2x2, "
+        f"{v.get('vision_ff') or 2 * v['vision_hidden']}, patch 16, merge 2x2, "
         f"deepstack; a {tasks.IMAGE_SIZE} px picture is {(tasks.IMAGE_SIZE // 32) ** 2} tokens |",
         f"| tokenizer | byte-level BPE, {c['vocab_size']} tokens, Qwen's pre-tokenizer and special tokens, "
         "trained on the generator's text; Qwen's chat template |",

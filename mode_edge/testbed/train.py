@@ -244,10 +244,13 @@ def build_untrained(out_dir: Path, cfg: TrainConfig):
             shutil.copy(src / name, out_dir / name)
         model = Qwen3VLMoeForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
         model.config.dtype = "float32"
-        vc = model.config.vision_config
-        if cfg.vision_depth > vc.depth or (cfg.vision_ff or 0) > vc.intermediate_size:
-            torch.manual_seed(cfg.seed)
-            grow_vision(model, max(cfg.vision_depth, vc.depth), max(cfg.vision_ff or 0, vc.intermediate_size))
+        torch.manual_seed(cfg.seed)
+        grow_vision(model, cfg.vision_depth, cfg.vision_ff or 0)   # a no-op unless asked to grow
+        # the record (training.json) describes the model trained, not the defaults
+        tc, vc = model.config.text_config, model.config.vision_config
+        cfg.n_layers, cfg.n_experts, cfg.top_k = tc.num_hidden_layers, tc.num_experts, tc.num_experts_per_tok
+        cfg.hidden, cfg.expert_ff = tc.hidden_size, tc.moe_intermediate_size
+        cfg.vision_hidden, cfg.vision_depth, cfg.vision_ff = vc.hidden_size, vc.depth, vc.intermediate_size
         return model, Encoder.from_dir(src)
     tok = train_tiny_tokenizer(cfg.vocab_size, corpus=tasks.text_corpus(cfg.corpus_size))
     special = save_tokenizer(tok, out_dir, model_max_length=1024)
