@@ -10,9 +10,12 @@ and decode of 128 tokens one at a time, through llama-cpp-python on the CPU; eac
 fresh process; the files take turns (one round = each file once) and ratios are medians of the
 per-round ratios. "groups Q4_K x2 / x4 / x8" is the stock file with its experts split
 into two / four / eight interleaved groups of the same type: the cost of grouping alone, with the same kernels
-(Q3_K and Q5_K have kernels of their own speed, so the mixed row also measures the types).
-The fallback path (ids clamped, outputs masked, what
-backends without the skip kernel run) is measured with MODE_EDGE_GROUPS_FALLBACK=1.
+(Q3_K and Q5_K have kernels of their own speed, so the mixed row also measures the types; the
+stock Q3_K and Q5_K files, every expert one type, give the time those kernels take without
+groups: the last line sets the mixed file against the mean of their times, round by round).
+"one op per group" (MODE_EDGE_GROUPS_PER_GROUP=1) is what the runtime did before the all-groups
+op, and still does for weights in other extra buffers. The fallback path (ids clamped, outputs
+masked, what backends without the skip kernel run) is measured with MODE_EDGE_GROUPS_FALLBACK=1.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def measure(path: Path, threads: int, env: dict | None = None, repack: bool = Tr
     return float(out[0]), float(out[1])
 
 
-def interleaved(rows: list, threads: int, repeats: int, repack: bool = True) -> list[dict]:
+def interleaved(rows: list, threads: int, repeats: int, repack: bool = True) -> tuple[list[dict], list]:
     """Every file once per round, rounds repeated; ratios are taken within a round (against the
     first row) and their median reported, so a machine that slows down mid-run moves every row
     of a round alike instead of skewing the ratios."""
@@ -66,7 +69,7 @@ def interleaved(rows: list, threads: int, repeats: int, repack: bool = True) -> 
                     "decode_ratio": statistics.median(r[i][1] / r[0][1] for r in runs),
                     "prefill_ratios": [r[i][0] / r[0][0] for r in runs],
                     "decode_ratios": [r[i][1] / r[0][1] for r in runs]})
-    return out
+    return out, runs
 
 
 def main() -> None:
@@ -100,6 +103,13 @@ def main() -> None:
             if s.role == Role.EXPERT:
                 plan.tensors[s.name] = [T.Q3_K if e % 2 == 0 else T.Q5_K for e in range(s.n_expert)]
         grouped = export_model(model, tmp / "grouped", None, plan=plan, label="q3k-q5k").text_path
+        one_type = {}
+        for t in (T.Q3_K, T.Q5_K):   # the mixed file's kernels without groups
+            p = QuantPlan(default=T.Q4_K, method=f"all-{t.name}")
+            for s in converter_for(Checkpoint(model)).text_tensors():
+                if s.role == Role.EXPERT:
+                    p.tensors[s.name] = t
+            one_type[t] = export_model(model, tmp / t.name, None, plan=p, label=t.name.lower()).text_path
         # the grouping overhead alone: the stock file's Q4_K experts split into two interleaved groups
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from tests.gguf_rewrite import regroup
@@ -113,18 +123,29 @@ def main() -> None:
             (same[n].parent / mmproj.name).write_bytes(mmproj.read_bytes())
         rows = [("stock Q4_K", stock, None), ("groups Q4_K x2, skip", same[2], None),
                 ("groups Q4_K x4, skip", same[4], None), ("groups Q4_K x8, skip", same[8], None),
+                ("groups Q4_K x8, one op per group", same[8], {"MODE_EDGE_GROUPS_PER_GROUP": "1"}),
                 ("groups Q3_K/Q5_K, skip", grouped, None),
-                ("groups Q3_K/Q5_K, fallback", grouped, {"MODE_EDGE_GROUPS_FALLBACK": "1"})]
+                ("groups Q3_K/Q5_K, fallback", grouped, {"MODE_EDGE_GROUPS_FALLBACK": "1"}),
+                ("stock Q3_K experts", one_type[T.Q3_K], None), ("stock Q5_K experts", one_type[T.Q5_K], None)]
         print(f"{args.layers} layers x 128 experts (hidden 2048, width 768, top-8); {args.threads} threads; "
               f"{args.repeats} interleaved rounds; medians, ratios vs stock within each round; "
               f"{'no repacked weights' if args.no_repack else 'repacked weights where ggml repacks'}")
         print(f"{'file':<28} {'MB':>8} {'prefill tok/s':>14} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}"
               "   ratio range (prefill; decode)")
-        for r in interleaved(rows, args.threads, args.repeats, not args.no_repack):
+        table, runs = interleaved(rows, args.threads, args.repeats, not args.no_repack)
+        for r in table:
             print(f"{r['name']:<28} {r['mb']:>8.1f} {r['prefill']:>14.1f} {r['prefill_ratio']:>6.3f} "
                   f"{r['decode']:>13.2f} {r['decode_ratio']:>6.3f}   "
                   f"{min(r['prefill_ratios']):.3f}-{max(r['prefill_ratios']):.3f}; "
                   f"{min(r['decode_ratios']):.3f}-{max(r['decode_ratios']):.3f}", flush=True)
+        # the mixed file against its own kernels: half the experts Q3_K, half Q5_K, so without any
+        # cost of grouping it would take the mean of the two one-type files' times
+        mix, q3, q5 = (next(i for i, r in enumerate(rows) if r[0] == n) for n in
+                       ("groups Q3_K/Q5_K, skip", "stock Q3_K experts", "stock Q5_K experts"))
+        for k, what in ((0, "prefill"), (1, "decode")):
+            ratios = [r[mix][k] * (1 / r[q3][k] + 1 / r[q5][k]) / 2 for r in runs]
+            print(f"Q3_K/Q5_K groups vs the mean time of stock Q3_K and Q5_K, {what}: "
+                  f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
 
 if __name__ == "__main__":
     main()

@@ -43,8 +43,8 @@ ONE_OP = "all expert groups in one mul_mat_id"
 
 def logits(path, tmp_path, env=None, steps=False, repack=True, log=None) -> np.ndarray:
     """Logits of every prompt position, computed in a fresh process (the runtime reads
-    MODE_EDGE_GROUPS_FALLBACK once per process). steps: one token per batch (decoding: the CPU
-    runs all groups in one op); repack=False keeps weights out of ggml's repacked layouts."""
+    MODE_EDGE_GROUPS_FALLBACK once per process). steps: one token per batch, as decoding runs;
+    repack=False keeps weights out of ggml's repacked layouts."""
     out = tmp_path / f"logits-{path.stem}-{len(os.listdir(tmp_path))}.npy"
     proc = subprocess.run([sys.executable, "-c", LOGITS_SCRIPT, str(path), PROMPT, str(out),
                            "steps" if steps else "batch", "1" if repack else "0"],
@@ -79,27 +79,27 @@ def stock(tiny_models, tmp_path_factory):
     return out
 
 
-def test_same_type_groups_give_the_stock_logits(stock, tmp_path):
-    """Experts split into three interleaved groups, bytes unchanged: every slot is computed by
-    exactly one group, with the same kernel as in the stock file, so the logits are the stock file's."""
+@pytest.mark.parametrize("n_groups", [3, 8])   # one all-groups op, or two chained in place (6 + 2)
+@pytest.mark.parametrize("repack", [True, False], ids=["repacked", "plain"])
+@pytest.mark.parametrize("steps", [False, True], ids=["batch", "token-by-token"])
+def test_same_type_groups_give_the_stock_logits(stock, tmp_path, n_groups, repack, steps):
+    """Experts split into interleaved groups, bytes unchanged. The all-groups op runs them (the
+    log says so) and gives each expert the kernel the stock op gives it (ggml's repacked gemv
+    when the weights were repacked, else tiled or vec_dot), so the logits are the stock file's bit
+    for bit; the same with one op per group."""
     grouped = tmp_path / "grouped-q4k.gguf"
-    regroup(stock["Q4_K"], grouped, n_groups=3)
-    ref, got = logits(stock["Q4_K"], tmp_path), logits(grouped, tmp_path)
-    assert got.shape == ref.shape and np.isfinite(got).all()
-    assert np.array_equal(got, ref)
-
-
-def test_decoding_runs_groups_in_one_op_with_the_stock_logits(stock, tmp_path):
-    """Token by token, with weights in plain memory, one op runs all groups (the log says so)
-    and gives the stock file's logits bit for bit: the same dot products per expert row."""
-    grouped = tmp_path / "grouped-q4k.gguf"
-    regroup(stock["Q4_K"], grouped, n_groups=3)
+    regroup(stock["Q4_K"], grouped, n_groups=n_groups)
     log: list[str] = []
-    ref = logits(stock["Q4_K"], tmp_path, steps=True, repack=False)
-    got = logits(grouped, tmp_path, steps=True, repack=False, log=log)
-    assert ONE_OP in log[0]
+    ref = logits(stock["Q4_K"], tmp_path, steps=steps, repack=repack, log=log)
+    got = logits(grouped, tmp_path, steps=steps, repack=repack, log=log)
+    assert ("CPU_REPACK model buffer" in log[0]) == repack   # the kernels the test means to cover
+    assert ONE_OP in log[1]
     assert got.shape == ref.shape and np.isfinite(got).all()
     assert np.array_equal(got, ref)
+    if n_groups == 3 and not steps:
+        per_group = logits(grouped, tmp_path, repack=repack, env={"MODE_EDGE_GROUPS_PER_GROUP": "1"}, log=log)
+        assert ONE_OP not in log[2]
+        assert np.array_equal(per_group, ref)
 
 
 def _mixed_types(n_expert: int, shift: int) -> list[T]:
@@ -149,27 +149,29 @@ def test_mixed_types_match_the_dequantized_stock_file(mixed, tmp_path):
 
 
 def test_decoding_mixed_types_matches_the_dequantized_stock_file(mixed, tmp_path):
-    """The one-op path (four types in one op, src1 converted once per vec_dot type) against the
-    F32 file with the same weights, token by token; and against the per-group path."""
+    """Token by token (four types in one op, src1 converted once per type) against the F32 file
+    with the same weights; and the all-groups op against one op per group."""
     grouped, ref, _ = mixed
     log: list[str] = []
-    a = logits(ref, tmp_path, steps=True, repack=False)
-    b = logits(grouped, tmp_path, steps=True, repack=False, log=log)
+    a = logits(ref, tmp_path, steps=True)
+    b = logits(grouped, tmp_path, steps=True, log=log)
     assert ONE_OP in log[0]
     span = float(a.max() - a.min())
     diff = np.abs(a - b)
     assert (diff.max(-1) <= 0.02 * span).mean() >= 0.9   # as in the batch test above
     assert diff.mean() <= 0.005 * span
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.85
-    # the same file in one batch (one op per group): the same model, other kernels (gemm)
-    c = logits(grouped, tmp_path, repack=False)
-    assert np.abs(b - c).mean() <= 0.005 * span
+    # per expert the same kernel either way: equal
+    for steps in (True, False):
+        one = b if steps else logits(grouped, tmp_path)
+        per_group = logits(grouped, tmp_path, steps=steps, env={"MODE_EDGE_GROUPS_PER_GROUP": "1"})
+        assert np.array_equal(one, per_group)
 
 
 def test_regrouping_mixed_types_is_exact(mixed, tmp_path):
-    """Per-expert types fixed, grouping changed (more groups, other order, interleaved): the same
-    logits up to float rounding (a misplaced expert would move them by O(1)), so experts are
-    found wherever their group puts them."""
+    """Per-expert types fixed, grouping changed (8 groups: two chained ops, other order,
+    interleaved): the same logits up to float rounding (a misplaced expert would move them by
+    O(1)), so experts are found wherever their group puts them."""
     grouped, _, resplit = mixed
     a, b = logits(grouped, tmp_path), logits(resplit, tmp_path)
     assert np.abs(a - b).max() <= 1e-5 * float(a.max() - a.min())

@@ -1,7 +1,8 @@
 """ggml's CPU mul_mat_id in mode-edge's runtime: ids of -1 (an expert outside the group) compute
 nothing and leave zeros, even where the output buffer held garbage; all other rows are the
-matrix products. Checked op by op through ctypes on the installed libggml, against numpy and
-gguf-py's dequantizer (references nobody here wrote)."""
+matrix products. The all-groups op (one op over groups of different types) gives every row its
+group's product, alone and chained. Checked op by op through ctypes on the installed libggml,
+against numpy and gguf-py's dequantizer (references nobody here wrote)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ class _InitParams(ctypes.Structure):
     _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
 
 
+class _Tensor(ctypes.Structure):
+    """struct ggml_tensor of the pinned ggml (include/ggml.h), to set what the runtime's graph sets
+    on the all-groups op: its extra sources and op_params[0]. Checked against the library below."""
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+                ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+                ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
+                ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64),
+                ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8)]
+
+
 def _libs():
     d = _lib_dir()
     base = ctypes.CDLL(str(sorted(d.glob("libggml-base.*"))[0]), mode=ctypes.RTLD_GLOBAL)
@@ -32,6 +43,10 @@ def _libs():
     base.ggml_new_tensor_3d.restype = p
     base.ggml_new_tensor_2d.argtypes = [p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     base.ggml_new_tensor_2d.restype = p
+    base.ggml_new_tensor_1d.argtypes = [p, ctypes.c_int, ctypes.c_int64]
+    base.ggml_new_tensor_1d.restype = p
+    base.ggml_view_tensor.argtypes, base.ggml_view_tensor.restype = [p, p], p
+    base.ggml_tensor_overhead.argtypes, base.ggml_tensor_overhead.restype = [], ctypes.c_size_t
     base.ggml_mul_mat_id.argtypes, base.ggml_mul_mat_id.restype = [p, p, p, p], p
     base.ggml_new_graph.argtypes, base.ggml_new_graph.restype = [p], p
     base.ggml_build_forward_expand.argtypes, base.ggml_build_forward_expand.restype = [p, p], None
@@ -122,3 +137,98 @@ def test_group_sum_equals_the_whole_tensor():
         local[g] = np.arange(len(g))
         total += mul_mat_id(w[g].tobytes(), T.F32, K, N, len(g), b, local[ids])
     assert np.array_equal(total, whole)
+
+
+def _quantized(wtype: T, w: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """w [E, N, K] in wtype: its bytes, and the weights they hold (gguf-py's dequantizer)"""
+    E, N, K = w.shape
+    if wtype == T.F32:
+        return w.tobytes(), w
+    q = quantize_rows(wtype, w.reshape(E * N, K), None)
+    return q.tobytes(), dequantize(q.reshape(E * N, -1), wtype).reshape(E, N, K)
+
+
+def all_groups_mul_mat_id(groups: list[tuple[bytes, T, int]], K: int, N: int, b: np.ndarray, ids: np.ndarray,
+                          maps: list[np.ndarray], threads: int = 2) -> np.ndarray:
+    """The runtime's all-groups op, built as llama-graph.cpp builds it: per op, its groups' weights in
+    src[0] and src[4..], the id -> group << 16 | local map in src[3], op_params[0] bit 4; several
+    ops (one map each, -1 for the others' experts) chained in place with bit 1 and src[9]. The
+    context's memory starts as NaN."""
+    base, cpu = _libs()
+    size = 64 * 1024 * 1024
+    buf = (ctypes.c_uint8 * size)()
+    ctypes.memset(buf, 0xFF, size)
+    ctx = base.ggml_init(_InitParams(size, ctypes.cast(buf, ctypes.c_void_p), False))
+    assert ctypes.sizeof(_Tensor) == base.ggml_tensor_overhead() - 32   # 32: struct ggml_object
+    try:
+        Tn, n_b, _ = b.shape
+        n_used = ids.shape[1]
+
+        def new(data: bytes, t, *ne):
+            x = getattr(base, f"ggml_new_tensor_{len(ne)}d")(ctx, int(t), *ne)
+            ctypes.memmove(base.ggml_get_data(x), data, len(data))
+            return x
+
+        ws = [new(data, t, K, N, n) for data, t, n in groups]
+        b_t = new(np.ascontiguousarray(b, dtype=np.float32).tobytes(), T.F32, K, n_b, Tn)
+        i_t = new(np.ascontiguousarray(ids, dtype=np.int32).tobytes(), T.I32, n_used, Tn)
+        out, per_op, op = None, len(groups) // len(maps), None
+        for k, m in enumerate(maps):
+            if out is None:
+                node = base.ggml_mul_mat_id(ctx, ws[0], b_t, i_t)
+                t = _Tensor.from_address(node)
+                assert list(t.src[:3]) == [ws[0], b_t, i_t]    # the struct matches the library's
+                op = t.op
+            else:                                              # written in place on the first's output
+                node = base.ggml_view_tensor(ctx, out)
+                t = _Tensor.from_address(node)
+                t.op = op
+                t.src[0], t.src[1], t.src[2] = ws[k * per_op], b_t, i_t
+            t.src[3] = new(m.astype(np.int32).tobytes(), T.I32, len(m))
+            for j, w in enumerate(ws[k * per_op + 1:(k + 1) * per_op]):
+                t.src[4 + j] = w
+            t.src[9] = out
+            t.op_params[0] = 4 | (1 if len(maps) > 1 else 0)
+            out = node
+        gf = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(gf, out)
+        assert cpu.ggml_graph_compute_with_ctx(ctx, gf, threads) == 0
+        n = Tn * n_used * N
+        res = np.frombuffer(ctypes.string_at(base.ggml_get_data(out), 4 * n), dtype=np.float32)
+        return res.reshape(Tn, n_used, N).copy()
+    finally:
+        base.ggml_free(ctx)
+
+
+@pytest.mark.parametrize("Tn", [1, 24])      # decoding, and enough rows per expert for the tiled kernels
+@pytest.mark.parametrize("n_ops", [1, 2])    # all groups in one op, or two ops chained in place
+def test_all_groups_op_gives_every_row_its_groups_product(Tn, n_ops):
+    rng = np.random.default_rng(Tn * 10 + n_ops)
+    K, N, E, n_used = 256, 64, 12, 4
+    w = rng.standard_normal((E, N, K)).astype(np.float32)
+    types = [T.Q2_K, T.Q4_K, T.Q8_0, T.Q3_K]
+    member = [np.array([0, 5, 9]), np.array([1, 4, 8, 11]), np.array([2, 6]), np.array([3, 7, 10])]  # interleaved
+    groups, wq = [], np.zeros_like(w)
+    for t, g in zip(types, member):
+        data, deq = _quantized(t, w[g])
+        groups.append((data, t, len(g)))
+        wq[g] = deq
+    packed = np.zeros(E, dtype=np.int64)
+    for k, g in enumerate(member):
+        packed[g] = (k << 16) | np.arange(len(g))
+    per_op = len(types) // n_ops
+    maps = [np.where((packed >> 16) // per_op == o, ((packed >> 16) - o * per_op) << 16 | (packed & 0xFFFF), -1)
+            for o in range(n_ops)]
+    b = rng.standard_normal((Tn, 1, K)).astype(np.float32)
+    ids = np.stack([rng.choice(E, n_used, replace=False) for _ in range(Tn)]).astype(np.int32)
+    got = all_groups_mul_mat_id(groups, K, N, b, ids, maps)
+    assert np.isfinite(got).all()                        # every row written: no NaN from the arena
+    want = np.einsum("tk,tjnk->tjn", b[:, 0].astype(np.float64), wq[ids].astype(np.float64))
+    assert np.abs(got - want).max() <= 3e-2 * np.abs(want).max()
+    # each row is exactly what the stock op computes for that expert's group alone
+    for k, (g, (data, t, n)) in enumerate(zip(member, groups)):
+        local = np.full(E, -1, dtype=np.int32)
+        local[g] = np.arange(n)
+        alone = mul_mat_id(data, t, K, N, n, b, local[ids])
+        rows = np.isin(ids, g)
+        assert np.array_equal(got[rows], alone[rows]), types[k]
