@@ -7,10 +7,11 @@ expert width 768, top-8), few layers. Stock: every matrix Q4_K (4.5 bpw). Groupe
 alternate Q3_K / Q5_K (3.44 / 5.5 bpw, 4.47 on average: the same size within 1%), everything
 else Q4_K, so each expert tensor is two interleaved groups. Prefill of 512 tokens in one batch
 and decode of 128 tokens one at a time, through llama-cpp-python on the CPU; each run is a
-fresh process; the files take turns (one round = each file once) and ratios are medians of the
-per-round ratios. "groups Q4_K x2 / x4 / x8" is the stock file with its experts split
-into two / four / eight interleaved groups of the same type: the cost of grouping alone, with the same kernels
-(Q3_K and Q5_K have kernels of their own speed, so the mixed row also measures the types; the
+fresh process that makes three passes (prefill: the fastest; decode: the median time per
+token); the files take turns (one round = each file once) and ratios are medians of the
+per-round ratios. "groups Q4_K x2 / x4 / x8" is the stock file with its experts split into
+two / four / eight interleaved groups of the same type: the cost of grouping alone, with the
+same kernels (Q3_K and Q5_K have kernels of their own speed, so the mixed row also measures the types; the
 stock Q3_K and Q5_K files, every expert one type, give the time those kernels take without
 groups: the last line sets the mixed file against the mean of their times, round by round).
 "one op per group" (MODE_EDGE_GROUPS_PER_GROUP=1) is what the runtime did before the all-groups
@@ -36,15 +37,21 @@ path, n_prompt, n_gen, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if sys.argv[5] == "0":  # weights in plain CPU memory, not ggml's repacked layouts
     from mode_edge.runtime.unpacked import load_weights_unpacked
     load_weights_unpacked()
+# use_mmap=False: every weight is read at load, so no timed eval waits on page faults (the
+# files take turns and evict each other from the page cache)
 llm = llama_cpp.Llama(path, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=n_prompt, n_threads=threads,
-                      n_threads_batch=threads, verbose=False)
+                      n_threads_batch=threads, use_mmap=False, verbose=False)
 toks = [int(t) for t in np.random.default_rng(0).integers(20, llm.n_vocab() - 20, n_prompt)]
-t = time.perf_counter(); llm.eval(toks); tp = time.perf_counter() - t
-t = time.perf_counter()
-for i in range(n_gen):
-    llm.eval([toks[i]])
-td = time.perf_counter() - t
-print(n_prompt / tp, n_gen / td)
+# three passes over the same tokens (KV cache cleared between): prefill is the fastest pass, decode
+# the median time per token, so a burst of load from elsewhere on a shared machine moves neither
+prefill, per_token = [], []
+for _ in range(3):
+    llm.reset()
+    llm._ctx.kv_cache_clear()
+    t = time.perf_counter(); llm.eval(toks); prefill.append(time.perf_counter() - t)
+    for i in range(n_gen):
+        t = time.perf_counter(); llm.eval([toks[i]]); per_token.append(time.perf_counter() - t)
+print(n_prompt / min(prefill), 1 / float(np.median(per_token)))
 """
 
 

@@ -1,8 +1,8 @@
 """Load weights into plain CPU memory instead of ggml's repacked layouts (use_extra_bufts off).
 
 llama-cpp-python's Llama has no argument for it, so this wraps the default model parameters it
-starts from. Tests and benchmarks use it to reach the kernels of ggml-cpu.c that the expert-group
-patch changes (repacked weights run repack.cpp's instead); call it before creating a Llama.
+starts from. Tests and benchmarks use it to cover both the plain-memory kernels of ggml-cpu.c
+(tiled, vec_dot) and, without it, the repacked ones; call it before creating a Llama.
 """
 
 from __future__ import annotations
