@@ -14,9 +14,8 @@ two / four / eight interleaved groups of the same type: the cost of grouping alo
 same kernels (Q3_K and Q5_K have kernels of their own speed, so the mixed row also measures the types; the
 stock Q3_K and Q5_K files, every expert one type, give the time those kernels take without
 groups: the last line sets the mixed file against the mean of their times, round by round).
-"one op per group" (MODE_EDGE_GROUPS_PER_GROUP=1) is what the runtime did before the all-groups
-op, and still does for weights in other extra buffers. The fallback path (ids clamped, outputs
-masked, what backends without the skip kernel run) is measured with MODE_EDGE_GROUPS_FALLBACK=1.
+The fallback path (ids clamped, outputs masked, what backends without the skip kernel run) is
+measured with MODE_EDGE_GROUPS_FALLBACK=1.
 """
 
 from __future__ import annotations
@@ -130,7 +129,6 @@ def main() -> None:
             (same[n].parent / mmproj.name).write_bytes(mmproj.read_bytes())
         rows = [("stock Q4_K", stock, None), ("groups Q4_K x2, skip", same[2], None),
                 ("groups Q4_K x4, skip", same[4], None), ("groups Q4_K x8, skip", same[8], None),
-                ("groups Q4_K x8, one op per group", same[8], {"MODE_EDGE_GROUPS_PER_GROUP": "1"}),
                 ("groups Q3_K/Q5_K, skip", grouped, None),
                 ("groups Q3_K/Q5_K, fallback", grouped, {"MODE_EDGE_GROUPS_FALLBACK": "1"}),
                 ("stock Q3_K experts", one_type[T.Q3_K], None), ("stock Q5_K experts", one_type[T.Q5_K], None)]

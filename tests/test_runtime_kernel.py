@@ -57,86 +57,51 @@ def _libs():
     return base, cpu
 
 
+class _Arena:
+    """A ggml context whose memory starts as NaN (every byte 0xFF), with the op graph helpers the
+    tests share: tensors holding given bytes, and a graph computed on the CPU."""
+
+    def __init__(self, size: int = 64 * 1024 * 1024):
+        self.base, self.cpu = _libs()
+        self.buf = (ctypes.c_uint8 * size)()
+        ctypes.memset(self.buf, 0xFF, size)
+        self.ctx = self.base.ggml_init(_InitParams(size, ctypes.cast(self.buf, ctypes.c_void_p), False))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.base.ggml_free(self.ctx)
+
+    def tensor(self, data: bytes, t: T, *ne: int):
+        x = getattr(self.base, f"ggml_new_tensor_{len(ne)}d")(self.ctx, int(t), *ne)
+        assert self.base.ggml_nbytes(x) == len(data)
+        ctypes.memmove(self.base.ggml_get_data(x), data, len(data))
+        return x
+
+    def compute(self, out, shape: tuple[int, ...], threads: int) -> np.ndarray:
+        gf = self.base.ggml_new_graph(self.ctx)
+        self.base.ggml_build_forward_expand(gf, out)
+        assert self.cpu.ggml_graph_compute_with_ctx(self.ctx, gf, threads) == 0
+        res = np.frombuffer(ctypes.string_at(self.base.ggml_get_data(out), 4 * int(np.prod(shape))), dtype=np.float32)
+        return res.reshape(shape).copy()
+
+
+def _inputs(a: _Arena, b: np.ndarray, ids: np.ndarray):
+    """b [T, n_b, K] and ids [T, n_used] as ggml tensors"""
+    Tn, n_b, K = b.shape
+    return (a.tensor(np.ascontiguousarray(b, dtype=np.float32).tobytes(), T.F32, K, n_b, Tn),
+            a.tensor(np.ascontiguousarray(ids, dtype=np.int32).tobytes(), T.I32, ids.shape[1], Tn))
+
+
 def mul_mat_id(weights: bytes, wtype: T, K: int, N: int, E: int, b: np.ndarray, ids: np.ndarray,
                threads: int = 2) -> np.ndarray:
     """ggml_mul_mat_id(as [E, N, K] of wtype, b [T, n_b, K], ids [T, n_used]) -> [T, n_used, N],
     computed in a context whose memory starts as NaN."""
-    base, cpu = _libs()
-    size = 64 * 1024 * 1024
-    buf = (ctypes.c_uint8 * size)()
-    ctypes.memset(buf, 0xFF, size)                      # every float in the arena is a NaN
-    ctx = base.ggml_init(_InitParams(size, ctypes.cast(buf, ctypes.c_void_p), False))
-    try:
-        Tn, n_b, _ = b.shape
-        n_used = ids.shape[1]
-        a_t = base.ggml_new_tensor_3d(ctx, int(wtype), K, N, E)
-        b_t = base.ggml_new_tensor_3d(ctx, int(T.F32), K, n_b, Tn)
-        i_t = base.ggml_new_tensor_2d(ctx, int(T.I32), n_used, Tn)
-        assert base.ggml_nbytes(a_t) == len(weights)
-        ctypes.memmove(base.ggml_get_data(a_t), weights, len(weights))
-        bb = np.ascontiguousarray(b, dtype=np.float32).tobytes()
-        ctypes.memmove(base.ggml_get_data(b_t), bb, len(bb))
-        ib = np.ascontiguousarray(ids, dtype=np.int32).tobytes()
-        ctypes.memmove(base.ggml_get_data(i_t), ib, len(ib))
-        out = base.ggml_mul_mat_id(ctx, a_t, b_t, i_t)
-        gf = base.ggml_new_graph(ctx)
-        base.ggml_build_forward_expand(gf, out)
-        assert cpu.ggml_graph_compute_with_ctx(ctx, gf, threads) == 0
-        n = Tn * n_used * N
-        res = np.frombuffer(ctypes.string_at(base.ggml_get_data(out), 4 * n), dtype=np.float32)
-        return res.reshape(Tn, n_used, N).copy()
-    finally:
-        base.ggml_free(ctx)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def patched_runtime():
-    assert capabilities() & CPU_SKIP, "the installed llama.cpp is stock: run `mode-edge runtime build`"
-
-
-@pytest.mark.parametrize("wtype", [T.F32, T.Q8_0, T.Q4_K, T.Q2_K])
-@pytest.mark.parametrize("n_b", [1, 4])   # MoE input broadcast over the slots, or one row per slot
-def test_out_of_group_ids_give_zeros_and_the_rest_is_the_product(wtype, n_b):
-    rng = np.random.default_rng(int(wtype) * 10 + n_b)
-    K, N, E, Tn, n_used = 256, 64, 6, 9, 4
-    w = rng.standard_normal((E, N, K)).astype(np.float32)
-    if wtype == T.F32:
-        data, wq = w.tobytes(), w
-    else:
-        q = quantize_rows(wtype, w.reshape(E * N, K), None)
-        data = q.tobytes()
-        wq = dequantize(q.reshape(E * N, -1), wtype).reshape(E, N, K)
-    b = rng.standard_normal((Tn, n_b, K)).astype(np.float32)
-    ids = rng.integers(0, E, size=(Tn, n_used)).astype(np.int32)
-    ids[rng.random(ids.shape) < 0.4] = -1               # out of this group
-    ids[0, :] = -1                                       # a token with no expert in the group
-    got = mul_mat_id(data, wtype, K, N, E, b, ids)
-    assert np.isfinite(got).all()                        # no NaN from the poisoned arena survives
-    skip = ids < 0
-    assert (got[skip] == 0).all()
-    want = np.einsum("tjk,tjnk->tjn", b[:, np.arange(n_used) % n_b],
-                     wq[np.where(skip, 0, ids)].astype(np.float64))
-    tol = 1e-4 if wtype == T.F32 else 3e-2             # quantized types use an 8-bit activation copy
-    scale = np.abs(want[~skip]).max()
-    assert np.abs(got[~skip] - want[~skip]).max() <= tol * scale
-
-
-def test_group_sum_equals_the_whole_tensor():
-    """Splitting the experts into two groups with -1 outside each and summing the two results
-    gives exactly the one-tensor product (the graph the runtime builds per projection)."""
-    rng = np.random.default_rng(7)
-    K, N, E, Tn, n_used = 256, 32, 8, 5, 3
-    w = rng.standard_normal((E, N, K)).astype(np.float32)
-    b = rng.standard_normal((Tn, 1, K)).astype(np.float32)
-    ids = np.stack([rng.choice(E, n_used, replace=False) for _ in range(Tn)]).astype(np.int32)
-    whole = mul_mat_id(w.tobytes(), T.F32, K, N, E, b, ids)
-    groups = [np.array([0, 3, 5, 6]), np.array([1, 2, 4, 7])]        # interleaved ids
-    total = np.zeros_like(whole)
-    for g in groups:
-        local = np.full(E, -1, dtype=np.int32)
-        local[g] = np.arange(len(g))
-        total += mul_mat_id(w[g].tobytes(), T.F32, K, N, len(g), b, local[ids])
-    assert np.array_equal(total, whole)
+    with _Arena() as a:
+        b_t, i_t = _inputs(a, b, ids)
+        out = a.base.ggml_mul_mat_id(a.ctx, a.tensor(weights, wtype, K, N, E), b_t, i_t)
+        return a.compute(out, (b.shape[0], ids.shape[1], N), threads)
 
 
 def _quantized(wtype: T, w: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -154,50 +119,73 @@ def all_groups_mul_mat_id(groups: list[tuple[bytes, T, int]], K: int, N: int, b:
     src[0] and src[4..], the id -> group << 16 | local map in src[3], op_params[0] bit 4; several
     ops (one map each, -1 for the others' experts) chained in place with bit 1 and src[9]. The
     context's memory starts as NaN."""
-    base, cpu = _libs()
-    size = 64 * 1024 * 1024
-    buf = (ctypes.c_uint8 * size)()
-    ctypes.memset(buf, 0xFF, size)
-    ctx = base.ggml_init(_InitParams(size, ctypes.cast(buf, ctypes.c_void_p), False))
-    assert ctypes.sizeof(_Tensor) == base.ggml_tensor_overhead() - 32   # 32: struct ggml_object
-    try:
-        Tn, n_b, _ = b.shape
-        n_used = ids.shape[1]
-
-        def new(data: bytes, t, *ne):
-            x = getattr(base, f"ggml_new_tensor_{len(ne)}d")(ctx, int(t), *ne)
-            ctypes.memmove(base.ggml_get_data(x), data, len(data))
-            return x
-
-        ws = [new(data, t, K, N, n) for data, t, n in groups]
-        b_t = new(np.ascontiguousarray(b, dtype=np.float32).tobytes(), T.F32, K, n_b, Tn)
-        i_t = new(np.ascontiguousarray(ids, dtype=np.int32).tobytes(), T.I32, n_used, Tn)
+    with _Arena() as a:
+        assert ctypes.sizeof(_Tensor) == a.base.ggml_tensor_overhead() - 32   # 32: struct ggml_object
+        ws = [a.tensor(data, t, K, N, n) for data, t, n in groups]
+        b_t, i_t = _inputs(a, b, ids)
         out, per_op, op = None, len(groups) // len(maps), None
         for k, m in enumerate(maps):
             if out is None:
-                node = base.ggml_mul_mat_id(ctx, ws[0], b_t, i_t)
+                node = a.base.ggml_mul_mat_id(a.ctx, ws[0], b_t, i_t)
                 t = _Tensor.from_address(node)
                 assert list(t.src[:3]) == [ws[0], b_t, i_t]    # the struct matches the library's
                 op = t.op
             else:                                              # written in place on the first's output
-                node = base.ggml_view_tensor(ctx, out)
+                node = a.base.ggml_view_tensor(a.ctx, out)
                 t = _Tensor.from_address(node)
                 t.op = op
                 t.src[0], t.src[1], t.src[2] = ws[k * per_op], b_t, i_t
-            t.src[3] = new(m.astype(np.int32).tobytes(), T.I32, len(m))
+            t.src[3] = a.tensor(m.astype(np.int32).tobytes(), T.I32, len(m))
             for j, w in enumerate(ws[k * per_op + 1:(k + 1) * per_op]):
                 t.src[4 + j] = w
             t.src[9] = out
             t.op_params[0] = 4 | (1 if len(maps) > 1 else 0)
             out = node
-        gf = base.ggml_new_graph(ctx)
-        base.ggml_build_forward_expand(gf, out)
-        assert cpu.ggml_graph_compute_with_ctx(ctx, gf, threads) == 0
-        n = Tn * n_used * N
-        res = np.frombuffer(ctypes.string_at(base.ggml_get_data(out), 4 * n), dtype=np.float32)
-        return res.reshape(Tn, n_used, N).copy()
-    finally:
-        base.ggml_free(ctx)
+        return a.compute(out, (b.shape[0], ids.shape[1], N), threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patched_runtime():
+    assert capabilities() & CPU_SKIP, "the installed llama.cpp is stock: run `mode-edge runtime build`"
+
+
+@pytest.mark.parametrize("wtype", [T.F32, T.Q8_0, T.Q4_K, T.Q2_K])
+@pytest.mark.parametrize("n_b", [1, 4])   # MoE input broadcast over the slots, or one row per slot
+def test_out_of_group_ids_give_zeros_and_the_rest_is_the_product(wtype, n_b):
+    rng = np.random.default_rng(int(wtype) * 10 + n_b)
+    K, N, E, Tn, n_used = 256, 64, 6, 9, 4
+    data, wq = _quantized(wtype, rng.standard_normal((E, N, K)).astype(np.float32))
+    b = rng.standard_normal((Tn, n_b, K)).astype(np.float32)
+    ids = rng.integers(0, E, size=(Tn, n_used)).astype(np.int32)
+    ids[rng.random(ids.shape) < 0.4] = -1               # out of this group
+    ids[0, :] = -1                                       # a token with no expert in the group
+    got = mul_mat_id(data, wtype, K, N, E, b, ids)
+    assert np.isfinite(got).all()                        # no NaN from the poisoned arena survives
+    skip = ids < 0
+    assert (got[skip] == 0).all()
+    want = np.einsum("tjk,tjnk->tjn", b[:, np.arange(n_used) % n_b],
+                     wq[np.where(skip, 0, ids)].astype(np.float64))
+    tol = 1e-4 if wtype == T.F32 else 3e-2             # quantized types use an 8-bit activation copy
+    scale = np.abs(want[~skip]).max()
+    assert np.abs(got[~skip] - want[~skip]).max() <= tol * scale
+
+
+def test_group_sum_equals_the_whole_tensor():
+    """Splitting the experts into two groups with -1 outside each and summing the two results
+    gives exactly the one-tensor product: the skip composes across groups."""
+    rng = np.random.default_rng(7)
+    K, N, E, Tn, n_used = 256, 32, 8, 5, 3
+    w = rng.standard_normal((E, N, K)).astype(np.float32)
+    b = rng.standard_normal((Tn, 1, K)).astype(np.float32)
+    ids = np.stack([rng.choice(E, n_used, replace=False) for _ in range(Tn)]).astype(np.int32)
+    whole = mul_mat_id(w.tobytes(), T.F32, K, N, E, b, ids)
+    groups = [np.array([0, 3, 5, 6]), np.array([1, 2, 4, 7])]        # interleaved ids
+    total = np.zeros_like(whole)
+    for g in groups:
+        local = np.full(E, -1, dtype=np.int32)
+        local[g] = np.arange(len(g))
+        total += mul_mat_id(w[g].tobytes(), T.F32, K, N, len(g), b, local[ids])
+    assert np.array_equal(total, whole)
 
 
 @pytest.mark.parametrize("Tn", [1, 24])      # decoding, and enough rows per expert for the tiled kernels
