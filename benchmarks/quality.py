@@ -1,93 +1,211 @@
-"""Quality at equal bytes: every allocation method on the demo model, evaluated through llama.cpp.
+"""Quality at equal bytes on the demo model, through llama.cpp: methods, presets, the default.
 
-    python benchmarks/quality.py [--model examples/demo-model] [--data DIR] [--limit 312]
-                                 [--seeds 0 1] [--methods mode frequency …] [--out /tmp/mode-quality]
+    python benchmarks/quality.py [--seeds 0 1 2 3 4 5] [--methods mode veq …] [--budgets W3 W2 W1]
+                                 [--presets Q2_K_S IQ2_M …] [--experiments …] [--heldout]
+                                 [--out /tmp/mode-quality] [--table]
 
-Calibration data: without --data, the first 256 samples of the generator's calibration split
-(the demo model's own calibration/ folder holds the first 128); each seed draws its --samples
-from them. For each calibration seed: calibrate once (all ladder types, so W2-class budgets can use the
-IQ2 types), then for three budgets -- W3-class (3.2 bits per routed-expert weight), W2-class
-(2.45) and W1-class (2.1) -- and both granularities, plan with every method and pack; plus F32, Q8_0 and uniform
-Q4_K/Q3_K/Q2_K references (uniform files use calibration's plain importance matrix). Every
-file is evaluated with `mode-edge eval`'s engine (llama.cpp, images included) against the F32
-file: exact match per family, KL divergence, and relative loss vs F32. Files whose experts
-differ in type need the patched runtime (issue 7); on a stock build their rows say so.
+Calibration pool: the first 512 samples of the generator's calibration split; each seed draws
+--samples (128) of them. Per seed: calibrate once (every ladder type, both importances), then
+
+  methods      every method at W3 (3.2), W2 (2.45) and W1 (2.1) bits per routed-expert weight,
+               each packed with its own importance matrix (the one its errors were measured with)
+  presets      llama-quantize's own presets (Q2_K_S, IQ2_M, IQ3_XXS, Q3_K_M, Q4_K_M) with the
+               seed's plain importance matrix, and `convert --budget`'s default at each preset's
+               exact total bytes -- once with the default's --other Q8_0 for the non-expert
+               matrices, once with them fixed to the preset's own types (`@=preset`)
+  experiments  MODE variants (per-layer constraint, a {2,3,4}-bit-like IQ ladder, 512 samples for
+               the counts, a floor type, the old balanced packing)
+  references   F32 (the KL reference), Q8_0, uniform Q4_K/Q3_K/Q2_K with the plain imatrix
+
+Every file is evaluated on the test split's first --limit (312) samples: exact match and KL
+divergence (x1e-4) on vision and on text answers, top-1 agreement with F32. --heldout then
+evaluates the W3/W2 files of the main methods once more on samples far later in the stream
+(from 100000 on), to check nothing was tuned on the benchmark split. Rows are appended to
+OUT/quality.jsonl as they finish, so an interrupted run resumes; --table reprints the tables.
+benchmarks/quality_report.py renders the tables, paired wins and the KLD-vs-bytes plot.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from mode_edge.allocate.allocator import AllocOptions, allocate, method_importance
-from mode_edge.allocate.budget import Budget
-from mode_edge.allocate.methods import METHODS
-from mode_edge.allocate.plan import QuantPlan
-from mode_edge.calibrate.runner import CalibrationOptions, calibrate
-from mode_edge.gguf.export import export_model
-from mode_edge.quant_types import LADDER, bits_per_weight, parse_type
-from mode_edge.quantize.imatrix import Imatrix
-from mode_edge.signals.stats import ExpertStats
-from mode_edge.testbed.tasks import export_split
+import numpy as np
 
-# W1 (2.1) sits just above IQ2_XXS (2.06): nearly every expert at the lowest type, so which few
-# experts a method spares decides the accuracy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_report import PRESETS, report  # noqa: E402
+
+from mode_edge.allocate.allocator import AllocOptions, allocate, method_importance  # noqa: E402
+from mode_edge.allocate.budget import Budget  # noqa: E402
+from mode_edge.allocate.methods import DEFAULT_METHOD, METHODS  # noqa: E402
+from mode_edge.allocate.plan import QuantPlan  # noqa: E402
+from mode_edge.calibrate.runner import CalibrationOptions, calibrate  # noqa: E402
+from mode_edge.checkpoint import Checkpoint  # noqa: E402
+from mode_edge.gguf.export import export_model  # noqa: E402
+from mode_edge.gguf.tensors import Role  # noqa: E402
+from mode_edge.quant_types import LADDER, bits_per_weight, parse_type  # noqa: E402
+from mode_edge.quantize.imatrix import Imatrix, ImatrixEntry  # noqa: E402
+from mode_edge.quantize.presets import preset_plan  # noqa: E402
+from mode_edge.signals.stats import KEY, TEXT, ExpertStats  # noqa: E402
+from mode_edge.testbed.tasks import export_split  # noqa: E402
+from mode_edge_converters import converter_for  # noqa: E402
+
 BUDGETS = {"W3": 3.2, "W2": 2.45, "W1": 2.1}
-BASELINE_METHODS = ["uniform", "frequency", "hessian", "veq", "mode", "mode-text", "mode-pooled",
-                    "mode-allvision", "mode-nosens"]
+METHOD_ROWS = ["uniform", "veq", "veq-alloc", "frequency", "hessian", "hessian-data", "mode", "mode-pooled"]
+# name -> (method, AllocOptions overrides, calibration overrides, pack importance override)
+EXPERIMENTS = {
+    "mode+per-projection": ("mode", {"split_projections": True}, {}, None),
+    "mode+perlayer": ("mode", {"per_layer": True}, {}, None),
+    "mode+iq-ladder": ("mode", {"types": ["IQ2_XXS", "IQ3_XXS", "IQ4_XS"]}, {}, None),
+    "mode+counts512": ("mode", {}, {"count_samples": 512}, None),
+    "mode+floor-IQ2_XS": ("mode", {"floor": "IQ2_XS"}, {}, None),
+    "mode+balanced-pack": ("mode", {}, {}, "balanced"),
+}
+HELDOUT_START = 100_000
+MAIN = ["uniform", "veq", "veq-alloc", "frequency", "hessian", "mode", "mode-pooled"]
 
 
-REF_CACHE: dict = {}  # the F32 reference's answer logits, computed once for all files
+def balanced_imatrix(stats: ExpertStats) -> Imatrix:
+    """The importance `mode` packed with before: per expert the mean x^2 over its text tokens and
+    the mean over its key vision tokens, averaged (redundant image tokens weighted 0). Kept here
+    only to reproduce that row; its errors were never measured, so no method packs with it."""
+    base = method_importance(stats, AllocOptions(method="uniform"))
+    entries = dict(base.entries)
+    for layer, d in stats.layers.items():
+        names = stats.manifest["gguf_names"][str(layer)]
+        counts = d["counts"].astype(np.float64)
+        for arr, tensors in ((d["in_sq"], names[:2]), (d["mid_sq"], names[2:])):
+            means, seen = [], []
+            for mod in (TEXT, KEY):
+                c = counts[mod]
+                m = np.zeros(arr.shape[2:], dtype=np.float64)
+                m[c > 0] = arr[mod, 0][c > 0] / c[c > 0, None]
+                means.append(m)
+                seen.append(c > 0)
+            both = (means[0] + means[1]) / np.maximum(seen[0].astype(np.float64) + seen[1], 1)[:, None]
+            n = counts.sum(0)
+            plain = arr[:, 0].sum(0) / np.maximum(n, 1)[:, None]
+            mean = np.where((seen[0] | seen[1])[:, None], both, plain)
+            for name in tensors:
+                entries[name] = ImatrixEntry((mean * n[:, None]).astype(np.float32), n.astype(np.float32))
+    return Imatrix(entries, ["importance:balanced"], base.chunk_count, 0)
 
 
-def _eval(path: Path, reference: Path | None, limit: int) -> dict:
-    from mode_edge.evaluate import evaluate
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.out = args.out
+        self.rows_path = self.out / "quality.jsonl"
+        self.rows = [json.loads(x) for x in self.rows_path.read_text().splitlines()] if self.rows_path.is_file() else []
+        self.done = {(r["name"], str(r["seed"]), r.get("split", "bench")) for r in self.rows}
+        self.ref_cache: dict = {}
+        self.ref: Path | None = None
 
+    def has(self, name: str, seed, split: str = "bench") -> bool:
+        return (name, str(seed), split) in self.done
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.done.add((row["name"], str(row["seed"]), row.get("split", "bench")))
+        with self.rows_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps({k: v for k, v in row.items() if k != "path"}), flush=True)
+
+    def evaluate(self, text_path: Path, start: int = 0) -> dict:
+        from mode_edge.evaluate import evaluate
+
+        r = evaluate(text_path, limit=self.args.limit, reference=self.ref, reference_cache=self.ref_cache, start=start)
+        fam = {f: r.families.get(f, {}) for f in ("vision", "text")}
+        return {"vision": fam["vision"].get("accuracy"), "text": fam["text"].get("accuracy"), "kl": r.kl_mean,
+                "kl_vision": fam["vision"].get("kl"), "kl_text": fam["text"].get("kl"), "top1": r.top1_agreement}
+
+    def file_row(self, name: str, seed, kind: str, text_path: Path, **extra) -> None:
+        size = sum(p.stat().st_size for p in text_path.parent.glob("*.gguf") if not p.name.startswith("plan"))
+        self.add({"name": name, "seed": seed, "kind": kind, "bytes": size, "path": str(text_path), **extra,
+                  **self.evaluate(text_path)})
+
+
+def _calibrated(b: Bench, data: Path, seed: int, extra: dict) -> ExpertStats:
+    tag = "".join(f"-{k}{v}" for k, v in sorted(extra.items()))
+    opts = CalibrationOptions(samples=b.args.samples, seed=seed, types=[t.name for t in LADDER], **extra)
+    return ExpertStats.load(calibrate(b.args.model, data, b.out / f"stats-{seed}{tag}", opts))
+
+
+def _plan_and_pack(b: Bench, stats: ExpertStats, name: str, seed: int, kind: str, size: Budget,
+                   opts: AllocOptions, imatrix: Imatrix | None = None, **extra) -> None:
+    if b.has(name, seed):
+        return
     try:
-        r = evaluate(path, limit=limit, reference=reference, reference_cache=REF_CACHE)
-    except Exception as e:  # a grouped file on a stock build, typically
-        return {"error": f"{type(e).__name__}: {str(e)[:80]}"}
-    return {"vision": r.families.get("vision", {}).get("accuracy"), "text": r.families.get("text", {}).get("accuracy"),
-            "kl": r.kl_mean}
+        alloc = allocate(stats, b.args.model, size, opts)
+    except Exception as e:   # a budget a method cannot meet is a row, not a crash
+        b.add({"name": name, "seed": seed, "kind": kind, "error": str(e)[:120]})
+        return
+    out = b.out / "files" / f"{name.replace('/', '_').replace('@', '_')}-{seed}"
+    r = export_model(b.args.model, out, None, plan=alloc.plan, label="q",
+                     imatrix=imatrix or method_importance(stats, opts))
+    b.file_row(name, seed, kind, r.text_path, bpw=round(alloc.expert_bpw, 3), method=opts.method,
+               published=alloc.plan.extra.get("published"), **extra)
 
 
-def _size(out: Path) -> int:
-    return sum(p.stat().st_size for p in out.glob("*.gguf") if not p.name.startswith("plan"))
+def run_seed(b: Bench, data: Path, seed: int) -> None:
+    args = b.args
+    stats = _calibrated(b, data, seed, {})
+    plain = Imatrix.load(b.out / f"stats-{seed}" / "imatrix.gguf")
+    for t in ("Q4_K", "Q3_K", "Q2_K"):
+        if not b.has(f"all {t}", seed):
+            r = export_model(args.model, b.out / "files" / f"uniform-{t}-{seed}", None,
+                             plan=QuantPlan(method=f"uniform:{t}", default=parse_type(t)), label="q", imatrix=plain)
+            b.file_row(f"all {t}", seed, "uniform-type", r.text_path, bpw=bits_per_weight(parse_type(t)))
+    for budget in args.budgets:
+        for method in args.methods:
+            _plan_and_pack(b, stats, f"{method}@{budget}", seed, "method", Budget(bpw=BUDGETS[budget]),
+                           AllocOptions(method=method), budget=budget)
+    conv = converter_for(Checkpoint(args.model))
+    specs = conv.text_tensors()
+    for preset in args.presets:
+        name = f"preset {preset}"
+        if not b.has(name, seed):
+            r = export_model(args.model, b.out / "files" / f"preset-{preset}-{seed}", None,
+                             plan=preset_plan_cached(preset, conv, specs), label="q",
+                             imatrix=plain)
+            b.file_row(name, seed, "preset", r.text_path, preset=preset)
+        size = next(r["bytes"] for r in b.rows if r["name"] == name and str(r["seed"]) == str(seed))
+        types = preset_plan_cached(preset, conv, specs).tensors
+        fixed = {s.name: types[s.name] for s in specs if s.role != Role.EXPERT and s.name in types}
+        for tag, opts in (("", AllocOptions(method=DEFAULT_METHOD)),
+                          ("=preset", AllocOptions(method=DEFAULT_METHOD, fixed=fixed))):
+            _plan_and_pack(b, stats, f"{DEFAULT_METHOD}@{preset}{tag}", seed, "at-preset", Budget(bytes=size), opts,
+                           preset=preset, fixed=bool(tag))
+    for name in args.experiments:
+        method, over, cal_over, imp = EXPERIMENTS[name]
+        st = _calibrated(b, data, seed, cal_over) if cal_over else stats
+        for budget in args.experiment_budgets:
+            opts = AllocOptions(method=method, **over)
+            _plan_and_pack(b, st, f"{name}@{budget}", seed, "experiment", Budget(bpw=BUDGETS[budget]), opts,
+                           imatrix=balanced_imatrix(st) if imp == "balanced" else None, budget=budget)
 
 
-def summary(rows: list[dict]) -> list[str]:
-    """One line per file kind: mean vision / text accuracy and KLD over the calibration seeds."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        if "error" not in r and r["seed"] != "-":
-            groups.setdefault(r["name"], []).append(r)
-    out = [f"{'file':<32} {'n':>2} {'vision':>14} {'text':>14} {'KLD x1e4':>16}"]
-    for name, rs in groups.items():
-        cells = []
-        for f, scale, digits in (("vision", 100, 1), ("text", 100, 1), ("kl", 1e4, 3)):
-            v = [scale * r[f] for r in rs]
-            cells.append(f"{sum(v) / len(v):>7.{digits}f} ±{(max(v) - min(v)):<5.{digits}f}")
-        out.append(f"{name:<32} {len(rs):>2} {cells[0]:>14} {cells[1]:>14} {cells[2]:>16}")
-    return out
+_PRESET_PLANS: dict = {}
 
 
-def render(rows: list[dict]) -> str:
-    """The table: one line per file and seed, then the means over seeds."""
-    base = rows[0]
-    table = [f"{'file':<32} {'seed':>4} {'bytes':>10} {'bpw':>6} {'vision':>7} {'text':>7} {'KLDx1e4':>8} "
-             f"{'rel.loss v/t %':>15}"]
-    for r in rows:
-        if "error" in r:
-            table.append(f"{r['name']:<32} {r['seed']!s:>4}  {r['error']}")
-            continue
-        rel = [100 * (base[f] - r[f]) / base[f] if base[f] else float("nan") for f in ("vision", "text")]
-        table.append(f"{r['name']:<32} {r['seed']!s:>4} {r['bytes']:>10,} {r['bpw'] or 0:>6.3f} "
-                     f"{100 * r['vision']:>6.1f}% {100 * r['text']:>6.1f}% {1e4 * (r['kl'] or 0):>8.3f} "
-                     f"{rel[0]:>7.1f}/{rel[1]:<7.1f}")
-    table += ["", "mean over seeds (spread = max - min):", *summary(rows)]
-    return "\n".join(table)
+def preset_plan_cached(preset: str, conv, specs) -> QuantPlan:
+    if preset not in _PRESET_PLANS:
+        _PRESET_PLANS[preset] = preset_plan(preset, conv.arch, conv.add_text_metadata, specs)
+    return _PRESET_PLANS[preset]
+
+
+def heldout(b: Bench) -> None:
+    """The main rows once more, on test samples far from the benchmark split."""
+    names = {f"{m}@{w}" for m in MAIN + [DEFAULT_METHOD] for w in ("W3", "W2")} | {"all Q4_K", "all Q2_K"}
+    for r in list(b.rows):
+        if r.get("split", "bench") == "bench" and r["name"] in names and "path" in r \
+                and not b.has(r["name"], r["seed"], "heldout"):
+            b.add({**{k: r[k] for k in ("name", "seed", "kind", "bytes") if k in r}, "split": "heldout",
+                   **b.evaluate(Path(r["path"]), start=HELDOUT_START)})
 
 
 def main() -> None:
@@ -96,63 +214,34 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--limit", type=int, default=312)
     ap.add_argument("--samples", type=int, default=128)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--methods", nargs="+", default=BASELINE_METHODS, choices=list(METHODS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    ap.add_argument("--methods", nargs="+", default=METHOD_ROWS, choices=list(METHODS))
     ap.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
-    ap.add_argument("--granularities", nargs="+", default=["expert", "tensor"])
+    ap.add_argument("--presets", nargs="*", default=list(PRESETS))
+    ap.add_argument("--experiments", nargs="*", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    ap.add_argument("--experiment-budgets", nargs="+", default=["W2"], choices=list(BUDGETS))
+    ap.add_argument("--heldout", action="store_true", help="also evaluate the main rows on held-out test samples")
     ap.add_argument("--out", type=Path, default=Path("/tmp/mode-quality"))
-    ap.add_argument("--table", type=Path, metavar="QUALITY_JSON", help="only print the table of an earlier run")
+    ap.add_argument("--table", action="store_true", help="only print the report of the rows in OUT")
     args = ap.parse_args()
-    if args.table:
-        print(render(json.loads(args.table.read_text())))
-        return
     args.out.mkdir(parents=True, exist_ok=True)
-    # the test split and this pool come from the same generator (mode_edge/testbed/tasks.py)
-    data = args.data or export_split(args.out / "calibration-256", "calibration", 256)
-    rows: list[dict] = []
-
-    f32 = export_model(args.model, args.out / "f32", "f32")
-    ref = f32.text_path
-    t0 = time.perf_counter()
-    rows.append({"name": "F32", "seed": "-", "bytes": _size(args.out / "f32"), "bpw": 32.0,
-                 **_eval(ref, ref, args.limit)})
-    q8 = export_model(args.model, args.out / "q8_0", "q8_0")
-    rows.append({"name": "Q8_0", "seed": "-", "bytes": _size(q8.text_path.parent), "bpw": 8.5,
-                 **_eval(q8.text_path, ref, args.limit)})
-    for seed in args.seeds:
-        stats_dir = calibrate(args.model, data, args.out / f"stats-{seed}",
-                              CalibrationOptions(samples=args.samples, seed=seed, types=[t.name for t in LADDER]))
-        stats = ExpertStats.load(stats_dir)
-        plain = Imatrix.load(stats_dir / "imatrix.gguf")
-        for t in ("Q4_K", "Q3_K", "Q2_K"):
-            out = args.out / f"uniform-{t}-{seed}"
-            r = export_model(args.model, out, None, plan=QuantPlan(method=f"uniform:{t}", default=parse_type(t)),
-                             label=t.lower(), imatrix=plain)
-            rows.append({"name": f"all {t}", "seed": seed, "bytes": _size(out), "bpw": bits_per_weight(parse_type(t)),
-                         **_eval(r.text_path, ref, args.limit)})
-            print(json.dumps(rows[-1]), flush=True)
-        for budget in args.budgets:
-            for gran in args.granularities:
-                for method in args.methods:
-                    if method == "uniform" and gran == "tensor":
-                        continue  # the same file as uniform/expert
-                    opts = AllocOptions(method=method, granularity=gran)
-                    try:
-                        alloc = allocate(stats, args.model, Budget(bpw=BUDGETS[budget]), opts)
-                    except Exception as e:
-                        rows.append({"name": f"{method}/{gran}@{budget}", "seed": seed, "error": str(e)[:80]})
-                        continue
-                    out = args.out / f"{method}-{gran}-{budget}-{seed}"
-                    r = export_model(args.model, out, None, plan=alloc.plan, label=method,
-                                     imatrix=method_importance(stats, opts))
-                    rows.append({"name": f"{method}/{gran}@{budget}", "seed": seed, "bytes": _size(out),
-                                 "bpw": round(alloc.expert_bpw, 3), **_eval(r.text_path, ref, args.limit)})
-                    print(json.dumps(rows[-1]), flush=True)
-    (args.out / "quality.txt").write_text(render(rows) + "\n")
-    (args.out / "quality.json").write_text(json.dumps(rows, indent=1))
-    print("\n" + render(rows))
-    print(f"\n{time.perf_counter() - t0:.0f} s; rows in {args.out / 'quality.json'}")
-
+    b = Bench(args)
+    if not args.table:
+        t0 = time.perf_counter()
+        data = args.data or export_split(args.out / "calibration-512", "calibration", 512)
+        f32 = export_model(args.model, args.out / "files" / "f32", "f32")
+        b.ref = f32.text_path
+        if not b.has("F32", "-"):
+            b.file_row("F32", "-", "reference", f32.text_path, bpw=32.0)
+        if not b.has("Q8_0", "-"):
+            q8 = export_model(args.model, args.out / "files" / "q8_0", "q8_0")
+            b.file_row("Q8_0", "-", "reference", q8.text_path, bpw=8.5)
+        for seed in args.seeds:
+            run_seed(b, data, seed)
+        if args.heldout:
+            heldout(b)
+        print(f"\n{time.perf_counter() - t0:.0f} s")
+    print(report(b.rows, args.out))
 
 if __name__ == "__main__":
     main()

@@ -436,18 +436,43 @@ class Qwen3VLMoeCalibration:
                 experts.down_proj[e].copy_(torch.from_numpy(specs["ffn_down_exps"].load_expert(e)))
         return layer.eval().requires_grad_(False)
 
-    def run_layer(self, layer, il: int, s: dict):
+    def run_layer(self, layer, il: int, s: dict, grad: bool = False):
         """One sample through one layer, plus the deepstack injection that follows it (on the
-        calibration device; the result too)."""
+        calibration device; the result too). grad: keep the graph (gradients w.r.t. the input)."""
         import torch
 
-        with torch.no_grad():
+        with torch.enable_grad() if grad else torch.no_grad():
             h = layer(s["hidden"].to(self.device)[None], attention_mask=s["attention_mask"],
                       position_embeddings=s["position_embeddings"])
             if il < len(s["deepstack"]):
                 h = h.clone()
                 h[0, s["image_mask"]] += s["deepstack"][il].to(h.dtype)
         return h[0]
+
+    def head(self, h):
+        """Logits [T, V] from final hidden states [T, H] (final norm and lm_head, or the tied
+        embedding)."""
+        import torch
+
+        if getattr(self, "_head", None) is None:
+            tc = self.config.text_config
+            norm = self.m.Qwen3VLMoeTextRMSNorm(tc.hidden_size, eps=tc.rms_norm_eps)
+            norm.load_state_dict({"weight": torch.from_numpy(self.ckpt.load(TEXT_PREFIX + "norm.weight"))})
+            name = "lm_head.weight" if "lm_head.weight" in self.ckpt.names() else TEXT_PREFIX + "embed_tokens.weight"
+            w = torch.from_numpy(self.ckpt.load(name))
+            self._head = (norm.to(self.device).requires_grad_(False), w.to(self.device))
+        norm, w = self._head
+        return norm(h.to(self.device)) @ w.T.to(h.dtype)
+
+    @staticmethod
+    def routing(router_output):
+        """(expert ids [T, k], weights [T, k] as the block scales the outputs, the router's
+        probabilities of those experts before top-k renormalisation [T, k])."""
+        import torch
+
+        logits, weights, indices = router_output
+        probs = torch.softmax(logits.float(), dim=-1).gather(-1, indices)
+        return indices, weights, probs
 
     # the parts calibration records
     @staticmethod

@@ -200,8 +200,10 @@ PLAN_EPILOG = """Examples:
 
 Writes PLAN.json, PLAN.png (bits per expert beside its text and key-vision frequency) and
 PLAN.imatrix.gguf (the method's importance matrix, which `mode-edge pack` picks up).
-Methods: uniform, frequency (MC-MoE), hessian (MoPEQ), veq, mode, and the ablations
-mode-text, mode-pooled, mode-allvision, mode-nosens.
+Methods as published: uniform, frequency (MC-MoE), hessian (MoPEQ), veq (VEQ-MA at one type),
+mode (MODE). Our variants: hessian-data (MoPEQ on a data-dependent Hessian), veq-alloc (VEQ-ME's
+importance as an allocator), and the ablations mode-text, mode-pooled, mode-allvision,
+mode-nosens. docs/methods.md says what each one measures and what is published.
 """
 
 
@@ -219,8 +221,10 @@ def plan_cmd(
                                     help="expert: a type per expert; tensor: one type per expert tensor."),
     per_projection: bool = typer.Option(False, "--per-projection",
                                         help="With expert granularity: gate, up and down chosen separately."),
-    per_layer: bool = typer.Option(False, "--per-layer-bits",
-                                   help="Also hold every layer to the average (the papers' constraint)."),
+    per_layer: Optional[bool] = typer.Option(None, "--per-layer-bits/--global-bits",
+                                             help="One ILP per layer, each holding the average (the papers' "
+                                                  "constraint), or one global ILP (default: the method's own; "
+                                                  "frequency and mode are per layer)."),
     types: Optional[str] = typer.Option(None, "--types", help="Comma-separated candidate types "
                                         "(default: those calibration measured)."),
     floor: Optional[str] = typer.Option(None, "--floor", help="Smallest type an expert may get."),
@@ -235,7 +239,8 @@ def plan_cmd(
     classes: int = typer.Option(3, "--hessian-classes", help="hessian: k-means bit classes."),
     scope: str = typer.Option("layer", "--hessian-scope", help="hessian: cluster per layer or over the model."),
     gamma: Optional[float] = typer.Option(None, "--veq-gamma",
-                                          help="veq: text/vision gradient-norm ratio (default: measured, else 22)."),
+                                          help="veq: text/vision gradient-norm ratio (default: the one calibration "
+                                               "measured, else VEQ's reported 22.4)."),
     time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds the ILP solver may take."),
     no_png: bool = typer.Option(False, "--no-png", help="Do not draw PLAN.png."),
 ) -> None:
@@ -350,7 +355,16 @@ def calibrate(
     rho: float = typer.Option(0.2, "--rho", help="Share of image tokens kept as key tokens per layer."),
     tokens_per_expert: int = typer.Option(512, "--tokens-per-expert",
                                           help="Cached inputs per expert and modality for sensitivity."),
-    probes: int = typer.Option(16, "--hessian-probes", help="Hutchinson probes for MoPEQ's Hessian trace."),
+    probes: int = typer.Option(16, "--hessian-probes",
+                               help="Hutchinson probes for the data-dependent Hessian trace (hessian-data)."),
+    count_samples: Optional[int] = typer.Option(None, "--count-samples",
+                                                help="Draw this many samples for the routing counts; the first "
+                                                     "--samples of them also give sensitivity and importance "
+                                                     "(MODE: 512 and 128)."),
+    gamma: Optional[float] = typer.Option(None, "--veq-gamma",
+                                          help="VEQ's text/vision gradient-norm ratio (default: measured)."),
+    gamma_samples: int = typer.Option(8, "--gamma-samples",
+                                      help="Image samples to measure VEQ's gamma on (0: use the reported 22.4)."),
     types: Optional[str] = typer.Option(None, "--types", help="Comma-separated candidate types (default: the ladder)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out samples whose image cannot be read."),
     offload: str = typer.Option("auto", "--offload",
@@ -369,7 +383,7 @@ def calibrate(
         raise UserError(f"--offload {offload!r} is not one of auto, memory, disk", "pick one of them")
     opts = CalibrationOptions(samples=samples, seed=seed, max_length=max_length, rho=rho,
                               cap=tokens_per_expert, probes=probes, skip_bad=skip_bad, offload=offload,
-                              device=device,
+                              device=device, count_samples=count_samples, gamma=gamma, gamma_samples=gamma_samples,
                               types=[t.strip().upper() for t in types.split(",")] if types else
                               [t.name for t in LADDER])
     with _calibration_progress(quiet) as cal_progress:
@@ -427,6 +441,7 @@ def eval_cmd(
     model: Path = typer.Argument(..., help="Text GGUF, or a folder written by `mode-edge convert`/`pack`."),
     tasks: str = typer.Option("test", "--tasks", help="Split (test, calibration, train) or a prompts.jsonl folder."),
     limit: int = typer.Option(208, "--limit", help="How many samples (the split's first N; families alternate in test)."),
+    start: int = typer.Option(0, "--start", help="Built-in splits: begin at this example (e.g. a held-out range)."),
     reference: Optional[Path] = typer.Option(None, "--reference",
                                              help="Reference GGUF (e.g. the F32 file) for the KL divergence."),
     mmproj: Optional[Path] = typer.Option(None, "--mmproj", help="Vision projector (default: found beside MODEL)."),
@@ -441,21 +456,23 @@ def eval_cmd(
                   TimeRemainingColumn(), console=console, disable=quiet or as_json, transient=True) as progress:
         bar = progress.add_task("evaluating", total=None)
         res = evaluate(model, tasks=tasks, limit=limit, reference=reference, mmproj=mmproj, threads=threads,
-                       on_sample=lambda i, n: progress.update(bar, completed=i, total=n))
+                       start=start, on_sample=lambda i, n: progress.update(bar, completed=i, total=n))
     if as_json:
         out.print_json(json.dumps(res.to_dict()))
         return
     kl = res.reference is not None
-    table = Table("family / task", "samples", "exact match", *(["mean KL"] if kl else []),
+    table = Table("family / task", "samples", "exact match", *(["mean KL", "top-1 agree"] if kl else []),
                   title=f"{Path(res.model).name} on {res.tasks} ({res.samples} samples, {res.seconds:.1f} s)")
     for fam, d in res.families.items():
         table.add_row(f"[bold]{fam}[/bold]", str(d["n"]), f"[bold]{100 * d['accuracy']:.1f}%[/bold]",
-                      *([f"{d['kl']:.4f}"] if kl else []))
+                      *([f"{d['kl']:.4f}", f"{100 * d['top1']:.1f}%"] if kl else []))
         for name, t in res.by_task.items():
             if t["family"] == fam:
-                table.add_row(f"  {name}", str(t["n"]), f"{100 * t['accuracy']:.1f}%", *([f"{t['kl']:.4f}"] if kl else []))
+                table.add_row(f"  {name}", str(t["n"]), f"{100 * t['accuracy']:.1f}%",
+                              *([f"{t['kl']:.4f}", f"{100 * t['top1']:.1f}%"] if kl else []))
     if kl:
-        table.add_row("[bold]all[/bold]", str(res.samples), "", f"[bold]{res.kl_mean:.4f}[/bold]")
+        table.add_row("[bold]all[/bold]", str(res.samples), "", f"[bold]{res.kl_mean:.4f}[/bold]",
+                      f"[bold]{100 * res.top1_agreement:.1f}%[/bold]")
     out.print(table)
     if kl:
         out.print(f"reference {res.reference}; KL(reference ‖ model) in nats per answer token")

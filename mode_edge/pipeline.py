@@ -100,11 +100,13 @@ def write_report(res: BudgetResult, stats: ExpertStats, budget: str) -> None:
         "parts": dict(parts(a)), "experts_by_type": {t: {"expert_tensors": u, "bytes": b}
                                                      for t, u, b in histogram(a)},
         "seconds": {k: round(v, 2) for k, v in res.stages.items()},
-        "solver": a.plan.extra.get("solver"),
+        "solver": a.plan.extra.get("solver"), "importance": a.plan.extra.get("importance"),
+        "per_layer_bits": a.plan.extra.get("per_layer_bits"), "notes": a.notes,
     }
     write_json_atomic(res.out_dir / "report.json", data)
     lines = [f"# {a.plan.model}: {a.plan.method} at {budget}", "",
              f"{a.expert_bpw:.3f} bits per routed-expert weight; {a.total_bytes:,} bytes in all.", "",
+             *[f"- {n}" for n in a.notes], *([""] if a.notes else []),
              "| part | bytes |", "|---|---:|", *[f"| {k} | {v:,} |" for k, v in parts(a)], "",
              "| type | expert tensors | bytes |", "|---|---:|---:|",
              *[f"| {t} | {u:,} | {b:,} |" for t, u, b in histogram(a)], "",

@@ -146,10 +146,11 @@ def _constructed(stats: ExpertStats) -> ExpertStats:
         counts[1, 2:], counts[2, 2:] = 300, 1200      # key and redundant vision
         d["counts"] = counts
         d["weight_sums"] = counts * 0.5
-        sens = np.zeros((E, 4, len(bits), 3))
-        sens[:, :, :, 0] = delta                       # text tokens reached every expert
-        sens[2:, :, :, 1] = delta                      # vision tokens only experts 2..
-        sens[:, :, :, 2] = delta
+        d["prob_sums"] = counts * 0.3
+        sens = np.zeros((len(st.manifest["importances"]), E, 4, len(bits), 3))
+        sens[..., 0] = delta                           # text tokens reached every expert
+        sens[:, 2:, :, :, 1] = delta                   # vision tokens only experts 2..
+        sens[..., 2] = delta
         d["sensitivity"] = sens
         d["hessian_trace"] = np.ones((E, 3))
     return st
@@ -179,12 +180,16 @@ def test_hessian_kmeans_orders_classes_by_score():
     assert labels.tolist() == [0, 0, 1, 1, 0, 2, 2]
 
 
-def test_hessian_gives_high_trace_experts_more_bits(stats, model_dir):
+@pytest.mark.parametrize("method,field", [("hessian", "hessian_norm"), ("hessian-data", "hessian_trace")])
+def test_hessian_gives_high_trace_experts_more_bits(stats, model_dir, method, field):
+    """Each MoPEQ variant reads its own trace: the other one, reversed, must not matter."""
     st = copy.deepcopy(stats)
+    other = {"hessian_norm": "hessian_trace", "hessian_trace": "hessian_norm"}[field]
     for d in st.layers.values():
-        E = d["hessian_trace"].shape[0]
-        d["hessian_trace"] = np.repeat(np.linspace(1.0, 50.0, E)[:, None], 3, axis=1)
-    alloc = allocate(st, model_dir, Budget(bpw=3.6), AllocOptions(method="hessian"))
+        E = d[field].shape[0]
+        d[field] = np.repeat(np.linspace(1.0, 50.0, E)[:, None], 3, axis=1)
+        d[other] = np.repeat(np.linspace(50.0, 1.0, E)[:, None], 3, axis=1)
+    alloc = allocate(st, model_dir, Budget(bpw=3.6), AllocOptions(method=method))
     for layer in np.unique(alloc.items.layer_of):
         b = [bits_per_weight(alloc.candidates[c]) for (l, e, _), c in zip(alloc.items.keys, alloc.choice) if l == layer]
         assert b == sorted(b) and b[0] < b[-1]
@@ -194,11 +199,14 @@ def test_hessian_gives_high_trace_experts_more_bits(stats, model_dir):
 def test_method_importance_matrices_differ_as_defined(stats, stats_dir):
     plain = method_importance(stats, AllocOptions(method="uniform"))
     veq = method_importance(stats, AllocOptions(method="veq"))
+    veq_alloc = method_importance(stats, AllocOptions(method="veq-alloc"))
     mode = method_importance(stats, AllocOptions(method="mode"))
     name = stats.manifest["gguf_names"]["0"][0]
-    a, b, c = (m.entries[name].importance() for m in (plain, veq, mode))
+    a, b, c, d = (m.entries[name].importance() for m in (plain, veq, mode, veq_alloc))
     assert a.shape == b.shape == c.shape
-    assert not np.allclose(a, b) and not np.allclose(a, c)
+    assert not np.allclose(a, b)
+    assert np.array_equal(a, c)     # MODE packs with all routed tokens, unweighted (its GPTQ Hessian)
+    assert np.array_equal(b, d)     # both VEQ rows pack with VEQ-MA
     # plain is exactly what calibration wrote beside the statistics for pack
     from mode_edge.quantize.imatrix import Imatrix
 

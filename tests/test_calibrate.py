@@ -166,13 +166,14 @@ def test_sensitivity_monotone_in_bits(stats):
         c = d["counts"]
         seen = np.nonzero(c[TEXT] > 0)[0]
         e = int(rng.choice(seen))
-        for axis in range(4):  # all projections together, and each alone
-            for cache in (0, 2):  # text tokens, and a sample of all the expert's tokens
-                delta = d["sensitivity"][e, axis, order, cache]
-                assert np.all(np.diff(delta) < 0), (il, e, axis, cache, delta)
+        for k in range(len(st.manifest["importances"])):   # under each importance matrix
+            for axis in range(4):  # all projections together, and each alone
+                for cache in (0, 2):  # text tokens, and a sample of all the expert's tokens
+                    delta = d["sensitivity"][k, e, axis, order, cache]
+                    assert np.all(np.diff(delta) < 0), (il, k, e, axis, cache, delta)
         unseen = np.nonzero(c[KEY] == 0)[0]
         for e in unseen:
-            assert np.all(d["sensitivity"][e, :, :, 1] == 0)  # no key-vision tokens -> delta 0
+            assert np.all(d["sensitivity"][:, e, :, :, 1] == 0)  # no key-vision tokens -> delta 0
         assert np.all(d["hessian_trace"][c.sum(0) > 0] > 0)
 
 

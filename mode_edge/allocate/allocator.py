@@ -23,7 +23,6 @@ from mode_edge.allocate.budget import Budget
 from mode_edge.allocate.ilp import solve
 from mode_edge.allocate.layout import ExpertTensor, ModelLayout
 from mode_edge.allocate.methods import get_method
-from mode_edge.allocate.importance import method_imatrix
 from mode_edge.allocate.methods.base import Assignment, Context, LayerStats, Method
 from mode_edge.allocate.methods.veq import gamma as veq_gamma
 from mode_edge.allocate.plan import QuantPlan
@@ -32,6 +31,7 @@ from mode_edge.gguf.tensors import Role
 from mode_edge.quant_types import LADDER, bits_per_weight, fallback, parse_type, row_bytes
 from mode_edge.quantize.ggml_lib import requires_imatrix
 from mode_edge.quantize.imatrix import Imatrix
+from mode_edge.signals.importance import method_imatrix
 from mode_edge.signals.stats import ExpertStats
 
 T = GGMLQuantizationType
@@ -43,13 +43,14 @@ class AllocOptions:
     method: str = "mode"
     granularity: str = "expert"
     split_projections: bool = False     # expert granularity: a type per projection
-    per_layer: bool = False             # the paper's per-layer average-bits constraint
+    per_layer: bool | None = None       # one ILP per layer (None: the method's own default)
     types: list[str] | None = None      # candidates (default: the types calibration measured)
     floor: str | None = None
     ceiling: str | None = None
     other: str = "Q8_0"                 # non-expert text matrices
     attn: str | None = None             # attention matrices: a type, "auto" (chosen by the ILP), or `other`
     mmproj: str = "F16"
+    fixed: dict[str, T] = field(default_factory=dict)   # types of named non-expert tensors (e.g. a preset's)
     context: int = 0                    # KV-cache tokens to reserve in a byte budget
     method_options: dict[str, Any] = field(default_factory=dict)
     time_limit: float | None = 60.0
@@ -113,9 +114,10 @@ def _candidates(opts: AllocOptions, stats: ExpertStats, method: Method) -> tuple
     return cands, cols
 
 
-def _layer_stats(stats: ExpertStats, layer: int) -> LayerStats:
+def _layer_stats(stats: ExpertStats, layer: int, method: Method) -> LayerStats:
     d = stats.layers[layer]
-    return LayerStats(layer, d["counts"], d["weight_sums"], d["sensitivity"], d["hessian_trace"])
+    return LayerStats(layer, d["counts"], d["weight_sums"], stats.sensitivity(layer, method.importance),
+                      d["hessian_trace"], d["prob_sums"], d["hessian_norm"])
 
 
 def build_items(stats: ExpertStats, tensors: dict[tuple[int, int], ExpertTensor], method: Method,
@@ -123,7 +125,7 @@ def build_items(stats: ExpertStats, tensors: dict[tuple[int, int], ExpertTensor]
     keys, sizes, params, layers, costs, scores = [], [], [], [], [], []
     use_cost = method.needs_sensitivity
     for layer in sorted(stats.layers):
-        ls = _layer_stats(stats, layer)
+        ls = _layer_stats(stats, layer, method)
         ts = [tensors[layer, p] for p in range(3)]
         bytes_ = np.array([[t.expert_bytes(c) for c in cands] for t in ts], dtype=np.int64)  # [3, k]
         E = ts[0].n_expert
@@ -170,6 +172,7 @@ def _plan(items: Items, choice: np.ndarray, cands: list[T], tensors: dict[tuple[
         for name, role in layout.other_roles.items():
             if role == Role.ATTN:
                 plan.tensors[name] = parse_type(opts.attn)
+    plan.tensors.update(opts.fixed)
     plan.tensors.update(attn_types)
     for name, types in per_tensor.items():
         plan.tensors[name] = types[0] if len(set(types)) == 1 else types
@@ -225,7 +228,7 @@ def check_budget_before_calibration(model_dir: Path, budget: Budget, opts: Alloc
     layout = ModelLayout(model_dir)
     cands = [parse_type(t) for t in types]
     smallest = min(cands, key=bits_per_weight)
-    plan = QuantPlan(default=parse_type(opts.other), mmproj=parse_type(opts.mmproj))
+    plan = QuantPlan(default=parse_type(opts.other), mmproj=parse_type(opts.mmproj), tensors=dict(opts.fixed))
     for spec in layout.text_specs:
         if spec.role == Role.EXPERT or (spec.role == Role.ATTN and opts.attn == "auto"):
             plan.tensors[spec.name] = smallest
@@ -239,6 +242,24 @@ def check_budget_before_calibration(model_dir: Path, budget: Budget, opts: Alloc
 def _method_options(stats: ExpertStats, opts: AllocOptions) -> dict[str, Any]:
     measured = {"measured_gamma": stats.manifest["gamma"]} if "gamma" in stats.manifest else {}
     return {**measured, **opts.method_options}
+
+
+def _check_gamma(stats: ExpertStats, method: Method, options: dict[str, Any]) -> float:
+    """The gamma the plan uses; a sensitivity measured under VEQ-MA holds only for its own gamma."""
+    g = veq_gamma(options)
+    if method.importance == "veq-ma" and method.needs_sensitivity and "gamma" in stats.manifest \
+            and abs(g - float(stats.manifest["gamma"])) > 1e-9 * max(1.0, g):
+        raise UserError(f"method {method.name} prices errors measured with gamma {stats.manifest['gamma']:.4g}, "
+                        f"not the --veq-gamma {g:g} asked for",
+                        f"re-run `mode-edge calibrate --veq-gamma {g:g}`, or drop --veq-gamma")
+    return g
+
+
+def _gamma_source(stats: ExpertStats, opts: AllocOptions) -> str:
+    if opts.method_options.get("veq_gamma"):
+        return "--veq-gamma"
+    info = stats.manifest.get("gamma_info") or {}
+    return str(info.get("source", "reported (VEQ, Qwen3-VL)"))
 
 
 def method_importance(stats: ExpertStats, opts: AllocOptions) -> Imatrix:
@@ -257,6 +278,7 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
     cands, cols = _candidates(opts, stats, method)
     ctx = Context(hidden=int(stats.manifest["hidden"]), tokens=dict(stats.manifest.get("tokens") or {}),
                   options=_method_options(stats, opts), type_names=[t.name for t in cands])
+    gamma = _check_gamma(stats, method, ctx.options)
     items = build_items(stats, tensors, method, cands, cols, ctx, opts)
     n = len(items.keys)
     rows = np.arange(n)
@@ -300,7 +322,8 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
                             f"{need:.3f} ({cands[0].name})", f"raise --budget to at least {need:.3f}bpw")
 
     # per-layer constraint: each layer's experts get its parameter share of the expert bytes
-    layers = [np.nonzero(items.layer_of == layer)[0] for layer in np.unique(items.layer_of)] if opts.per_layer else []
+    per_layer = method.per_layer if opts.per_layer is None else opts.per_layer
+    layers = [np.nonzero(items.layer_of == layer)[0] for layer in np.unique(items.layer_of)] if per_layer else []
     shares = [int(items.params[idx].sum()) / int(items.params.sum()) for idx in layers]
 
     def layer_groups(cap: int):
@@ -335,17 +358,27 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
     else:
         raise UserError("could not fit the expert-group headers into the budget", "raise --budget slightly")
     notes.extend(ctx.notes)
+    notes.append(f"packed with the {method.importance} importance matrix, the one its errors were measured with"
+                 if method.needs_sensitivity else f"packed with the {method.importance} importance matrix")
+    if status != "assigned":
+        notes.append("one ILP per layer (each layer its share of the expert bytes)" if per_layer
+                     else "one ILP over all layers")
+    if method.importance == "veq-ma":
+        notes.append(f"VEQ gamma {gamma:.4g} ({_gamma_source(stats, opts)})")
+    if not method.published:
+        notes.append(f"{method.name} is mode-edge's variant, not a published method (docs/methods.md)")
     chosen_attn = attn_types(choice)
     attn_bytes = int(sizes[np.arange(n, len(sizes)), choice[n:]].sum())
     choice = choice[:n]
     expert_bytes = int(items.sizes[rows, choice].sum())
     plan.extra = {
         "granularity": opts.granularity + ("/projection" if opts.split_projections else ""),
-        "per_layer_bits": opts.per_layer, **({"budget_bpw": budget.bpw} if budget.bpw is not None else {}), "candidates": [t.name for t in cands],
+        "per_layer_bits": per_layer, **({"budget_bpw": budget.bpw} if budget.bpw is not None else {}), "candidates": [t.name for t in cands],
         "planned_bytes": {"text": text_b, "mmproj": mm_b, "kv_reserve": reserve},
         "routed_expert_bytes": expert_bytes, **({"attention_bytes": attn_bytes} if attn is not None else {}), "routed_expert_bpw": round(8.0 * expert_bytes / int(items.params.sum()), 4),
         "solver": {"status": status, "gap": gap}, "stats_data": stats.manifest.get("data"),
-        "importance": method.importance,
+        "importance": method.importance, "published": method.published,
+        **({"veq_gamma": gamma, "gamma_source": _gamma_source(stats, opts)} if method.importance == "veq-ma" else {}),
         **({"notes": notes} if notes else {}),
     }
     return Allocation(plan, text_b, mm_b, reserve, expert_bytes, int(items.params.sum()), items, choice, cands,

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from mode_edge.calibrate.activations import Activations, choose_mode
@@ -25,10 +24,12 @@ from mode_edge.checkpoint import Checkpoint
 from mode_edge.errors import UserError
 from mode_edge.quant_types import LADDER
 from mode_edge.quantize.encode import default_threads
-from mode_edge.quantize.imatrix import Imatrix, ImatrixEntry
+from mode_edge.calibrate.gamma import measure_gamma
+from mode_edge.signals.importance import GAMMA_REPORTED, IMPORTANCES, method_imatrix
 from mode_edge.signals.keytokens import key_scores, query_positions, select_key_tokens
 from mode_edge.signals.attention import AttentionRecorder
-from mode_edge.signals.recorder import KEY, MODALITIES, RED, SENS_MODALITIES, TEXT, LayerRecorder
+from mode_edge.signals.recorder import SENS_MODALITIES, LayerRecorder
+from mode_edge.signals.stats import KEY, MODALITIES, RED, TEXT
 from mode_edge.files import write_json_atomic
 from mode_edge.signals.stats import IMATRIX_FILE, ExpertStats, save_arrays_atomic
 from mode_edge.signals.stats import VERSION as STATS_VERSION
@@ -45,6 +46,9 @@ class CalibrationOptions:
     rho: float = 0.2
     cap: int = 512
     probes: int = 16
+    gamma: float | None = None   # VEQ's gamma; None: measured on `gamma_samples` image samples
+    gamma_samples: int = 8
+    count_samples: int | None = None   # more samples for the routing counts only (MODE: 512 vs 128)
     types: list[str] = field(default_factory=lambda: [t.name for t in LADDER])
     skip_bad: bool = False
     device: str = "cpu"     # where layers run; statistics and the quantizer stay on the CPU
@@ -66,7 +70,7 @@ class Progress:
 
 
 def _render_all(cal, opts: CalibrationOptions, data_dir: Path, warn) -> tuple[list, list]:
-    samples = read_samples(data_dir, opts.samples, opts.seed)
+    samples = read_samples(data_dir, max(opts.samples, opts.count_samples or 0), opts.seed)
     rendered, kept = [], []
     for s in samples:
         image = None
@@ -172,6 +176,7 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
         progress.on_start(cal.n_layers, len(rendered))
 
     t0 = time.perf_counter()
+    gamma = _gamma(cal, rendered[: opts.samples], opts, partial, warn)
     for il in range(start, cal.n_layers):
         layer = cal.load_layer(il)
         attn, moe, router, experts = cal.parts(layer)
@@ -197,19 +202,21 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
         for i, (r, s) in enumerate(zip(rendered, states)):
             s["hidden"] = acts.get(i)
             s_next = cal.run_layer(layer, il, s)
-            _, weights, indices = seen["router"]
+            indices, weights, probs = cal.routing(seen["router"])
             mod = _modalities(cal, r, seen["attn"], attn, special, newline_ids, im_start, opts.rho)
             x = seen["moe_in"].reshape(-1, cal.hidden).cpu()
-            rec.add(x, indices.cpu(), weights.cpu(), mod, experts_fn)
-            arec.add("attn_in", seen["attn"][0], mod)
-            arec.add("o_in", seen["o_in"], mod)
+            full = i < opts.samples   # the samples past --samples only count routing (--count-samples)
+            rec.add(x, indices.cpu(), weights.cpu(), mod, experts_fn, probs.cpu(), counts_only=not full)
+            if full:
+                arec.add("attn_in", seen["attn"][0], mod)
+                arec.add("o_in", seen["o_in"], mod)
             acts.put(i, s_next.cpu())
             del s["hidden"], s_next
             if progress.on_sample:
                 progress.on_sample(il, len(r.input_ids))
         for h in hooks:
             h.remove()
-        arrays = rec.finish(experts_fn, types, opts.probes, default_threads())
+        arrays = rec.finish(experts_fn, types, opts.probes, default_threads(), gamma=gamma["gamma"])
         arrays.update(arec.finish(cal.attention_matrices(attn, il), types))
         save_arrays_atomic(partial / f"layer-{il:03d}.safetensors", arrays)
         write_json_atomic(state_path, {"identity": identity, "next_layer": il + 1, **acts.end_layer()})
@@ -221,11 +228,30 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
         if stop_after_layer is not None and il >= stop_after_layer:
             return out_dir
 
-    _finish(out_dir, partial, cal, conv, identity, rendered, types, time.perf_counter() - t0)
+    _finish(out_dir, partial, cal, conv, identity, rendered, types, gamma, time.perf_counter() - t0)
     return out_dir
 
 
-def _finish(out_dir: Path, partial: Path, cal, conv, identity: dict, rendered, types, seconds: float) -> None:
+def _gamma(cal, rendered, opts: CalibrationOptions, partial: Path, warn) -> dict:
+    """VEQ's gamma: given, else measured (kept in .partial so a resumed run reuses it), else the
+    value VEQ reports for Qwen3-VL."""
+    if opts.gamma is not None:
+        return {"gamma": float(opts.gamma), "source": "given"}
+    path = partial / "gamma.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    measured = measure_gamma(cal, rendered, opts.gamma_samples) if opts.gamma_samples > 0 else None
+    if measured is None:
+        warn(f"VEQ's gamma not measured (no image sample or --gamma-samples 0); using the reported {GAMMA_REPORTED}")
+        out = {"gamma": GAMMA_REPORTED, "source": "reported (VEQ, Qwen3-VL)"}
+    else:
+        out = {**measured, "source": "measured"}
+    write_json_atomic(path, out)
+    return out
+
+
+def _finish(out_dir: Path, partial: Path, cal, conv, identity: dict, rendered, types, gamma: dict,
+            seconds: float) -> None:
     from safetensors.numpy import load_file
 
     layers = {il: load_file(str(partial / f"layer-{il:03d}.safetensors")) for il in range(cal.n_layers)}
@@ -236,30 +262,15 @@ def _finish(out_dir: Path, partial: Path, cal, conv, identity: dict, rendered, t
         **identity, "n_layers": cal.n_layers, "n_experts": cal.n_experts, "top_k": cal.top_k,
         "hidden": cal.hidden, "expert_ff": cal.expert_ff, "modalities": list(MODALITIES),
         "types": [t.name for t in types], "sensitivity_axes": ["all", "gate", "up", "down"],
-        "sensitivity_modalities": list(SENS_MODALITIES),
+        "sensitivity_modalities": list(SENS_MODALITIES), "importances": list(IMPORTANCES),
+        "gamma": gamma["gamma"], "gamma_info": gamma,
         "tokens": {"total": n_tok, "image": n_img, "text": n_tok - n_img},
         "gguf_names": {str(il): list(cal.gguf_expert_names(il)) for il in range(cal.n_layers)},
         "attn_tensors": {str(il): [list(x) for x in cal.attention_names(il)] for il in range(cal.n_layers)},
     }
     stats = ExpertStats(manifest, layers)
     stats.save(out_dir)
-    _imatrix(stats).save(out_dir / IMATRIX_FILE)
+    method_imatrix(stats, "plain").save(out_dir / IMATRIX_FILE)
     write_json_atomic(out_dir / "run.json", {"seconds": round(seconds, 2), "tokens": n_tok})
     shutil.rmtree(partial)
 
-
-def _imatrix(stats: ExpertStats) -> Imatrix:
-    """Plain (all-modality) importance for every expert tensor, in llama.cpp's format."""
-    entries = {}
-    for il, d in stats.layers.items():
-        gate, up, down = stats.manifest["gguf_names"][str(il)]
-        counts = d["counts"].sum(0).astype(np.float32)
-        in_sum = d["in_sq"][:, 0].sum(0).astype(np.float32)
-        mid_sum = d["mid_sq"][:, 0].sum(0).astype(np.float32)
-        entries[gate] = ImatrixEntry(in_sum, counts)
-        entries[up] = ImatrixEntry(in_sum.copy(), counts)
-        entries[down] = ImatrixEntry(mid_sum, counts)
-        n = np.array([d["attn_tokens"].sum()], dtype=np.float32)
-        for name, kind in stats.manifest["attn_tensors"][str(il)]:
-            entries[name] = ImatrixEntry(d[f"{kind}_sq"].sum(0, keepdims=True).astype(np.float32), n)
-    return Imatrix(entries, [stats.manifest["data"]], stats.manifest["n_samples"], 0)

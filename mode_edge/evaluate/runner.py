@@ -65,13 +65,17 @@ def resolve_model(path: Path, mmproj: Path | None = None) -> tuple[Path, Path]:
     return path, Path(mmproj) if mmproj is not None else _mmproj_for(path)
 
 
-def load_examples(source: str, limit: int) -> list[task_gen.Example]:
-    """A split of the built-in generator (train, calibration, test) or a folder in the calibration
-    format whose lines also hold "answer" (and optionally "task")."""
+def load_examples(source: str, limit: int, start: int = 0) -> list[task_gen.Example]:
+    """A split of the built-in generator (train, calibration, test; from example `start` on) or a
+    folder in the calibration format whose lines also hold "answer" (and optionally "task")."""
     if limit < 1:
         raise UserError(f"--limit {limit} is not positive", "pass at least 1")
+    if start < 0:
+        raise UserError(f"--start {start} is negative", "pass 0 or more")
     if source in task_gen.SPLIT_SEEDS:
-        return task_gen.split_examples(source, limit)
+        return task_gen.split_examples(source, limit, start)
+    if start:
+        raise UserError("--start applies to the built-in splits only", "drop --start for a folder of prompts")
     folder = Path(source)
     lines_path = folder / "prompts.jsonl"
     if not lines_path.is_file():
@@ -198,6 +202,7 @@ class EvalResult:
     families: dict = field(default_factory=dict)   # family -> {n, correct, accuracy, kl}
     by_task: dict = field(default_factory=dict)    # task -> {family, n, correct, accuracy, kl}
     kl_mean: float | None = None
+    top1_agreement: float | None = None
     predictions: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -211,6 +216,8 @@ def _summ(rows: list[dict], with_kl: bool) -> dict:
     if with_kl:
         kls = [k for r in rows for k in r["kl"]]
         d["kl"] = float(np.mean(kls)) if kls else None
+        agree = [a for r in rows for a in r["top1"]]
+        d["top1"] = float(np.mean(agree)) if agree else None   # answer positions whose argmax is the reference's
     return d
 
 
@@ -218,18 +225,18 @@ def evaluate(model_path: Path, *, tasks: str = "test", limit: int = 208, referen
              mmproj: Path | None = None, reference_mmproj: Path | None = None, threads: int | None = None,
              n_ctx: int = 2048, max_new_tokens: int = 16,
              on_sample: Callable[[int, int], None] | None = None,
-             reference_cache: dict | None = None) -> EvalResult:
+             reference_cache: dict | None = None, start: int = 0) -> EvalResult:
     """reference_cache: a dict kept by a caller that evaluates many files against one reference
     (benchmarks): the reference's answer logits are computed once per sample, not once per file."""
     text_path, mmproj_path = resolve_model(model_path, mmproj)
     ref_paths = resolve_model(reference, reference_mmproj) if reference is not None else None
-    examples = load_examples(tasks, limit)
+    examples = load_examples(tasks, limit, start)
     threads = threads or os.cpu_count() or 1
     t0 = time.perf_counter()
     model = Model(text_path, mmproj_path, n_ctx, threads)
     ref = None
     cache = reference_cache if reference_cache is not None else {}
-    key = (str(ref_paths[0]), str(ref_paths[1]), tasks) if ref_paths else None
+    key = (str(ref_paths[0]), str(ref_paths[1]), tasks, start) if ref_paths else None
     try:
         if ref_paths and not all((key, i) in cache for i in range(len(examples))):
             ref = Model(*ref_paths, n_ctx, threads)
@@ -247,6 +254,7 @@ def evaluate(model_path: Path, *, tasks: str = "test", limit: int = 208, referen
                     r_past, r_first = ref.prefill(ex)
                     cache[key, i] = ref.forced(r_past, r_first, tokens)
                 row["kl"] = kl_divergence(cache[key, i], got).tolist()
+                row["top1"] = (cache[key, i].argmax(-1) == got.argmax(-1)).tolist()
             rows.append(row)
             if on_sample:
                 on_sample(i + 1, len(examples))
@@ -266,5 +274,6 @@ def evaluate(model_path: Path, *, tasks: str = "test", limit: int = 208, referen
         sel = [r for r in rows if r["task"] == task]
         res.by_task[task] = {"family": sel[0]["family"], **_summ(sel, with_kl)}
     if with_kl:
-        res.kl_mean = _summ(rows, True)["kl"]
+        whole = _summ(rows, True)
+        res.kl_mean, res.top1_agreement = whole["kl"], whole["top1"]
     return res

@@ -27,7 +27,7 @@ from mode_edge.gguf.writer import tensor_nbytes
 T = GGMLQuantizationType
 
 PRESETS = ("Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M",
-           "IQ1_M", "IQ2_M", "IQ3_XS", "IQ3_M")
+           "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_M", "IQ4_XS")
 
 _LINE = re.compile(r"^\[\s*\d+/\s*\d+\]\s+(?P<name>\S+)\s+- \[[^\]]*\], type =\s*(?P<src>\S+), "
                    r"size =\s*[\d.]+ MiB(?: ->\s*[\d.]+ MiB \((?P<dst>[^)]+)\))?")

@@ -2,10 +2,12 @@
 
 Modalities of routed tokens: text (every non-image token), vision_key (image tokens the
 attention filter keeps), vision_red (the other, redundant image tokens); "vision" is key +
-redundant. Counts are top-k selections (unweighted) and summed routing weights; importance
-sums are per input channel sum of x^2 of the tokens routed to each expert (for gate/up) and
-of the expert's intermediate activation (the input of down), plain and weighted by the
-routing weight (VEQ's affinity).
+redundant. Counts are top-k selections (unweighted), summed routing weights (after the
+router's renormalisation: what scales the expert's output) and summed router probabilities
+before it (MC-MoE's w_e); importance sums are per input channel sum of x^2 of the tokens
+routed to each expert (for gate/up) and of the expert's intermediate activation (the input of
+down), plain and weighted by the routing weight (VEQ's affinity). Sensitivity is measured once
+per importance matrix a method can pack with (mode_edge.signals.importance).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from mode_edge.signals.sensitivity import expert_forward, expert_sensitivity, hessian_trace
+from mode_edge.signals.importance import IMPORTANCES, expert_entries
+from mode_edge.signals.sensitivity import expert_forward, expert_sensitivity, hessian_trace, norm_hessian_trace
+from mode_edge.signals.stats import KEY, MODALITIES, RED, TEXT
 
-MODALITIES = ("text", "vision_key", "vision_red")
-TEXT, KEY, RED = 0, 1, 2
+NORM_PROBES = 100   # MoPEQ's Hutchinson probes for its weight-norm Hessian
 # token caches for sensitivity (per modality) and for the Hessian (all routed tokens)
 CACHES = ("text", "vision_key", "all")
 # sensitivity per cache: MODE uses text and key vision; pooled methods (MC-MoE, VEQ) use all
@@ -81,6 +84,7 @@ class LayerRecorder:
         self.seed = seed
         self.counts = np.zeros((3, E), dtype=np.int64)
         self.weight_sums = np.zeros((3, E), dtype=np.float64)
+        self.prob_sums = np.zeros((3, E), dtype=np.float64)
         self.in_sq = np.zeros((3, 2, E, hidden), dtype=np.float64)     # [modality, plain/weighted, E, H]
         self.mid_sq = np.zeros((3, 2, E, expert_ff), dtype=np.float64)
         self.caches = {(c, e): BottomK(cap) for c in CACHES for e in range(E)}
@@ -88,69 +92,78 @@ class LayerRecorder:
         self.n_key_tokens = 0
         self.n_image_tokens = 0
 
-    def add(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, modality: torch.Tensor, experts_fn) -> None:
-        """x [T, H] MoE input, idx/w [T, k] router choices, modality [T] in {0,1,2}."""
+    def add(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, modality: torch.Tensor, experts_fn,
+            p: torch.Tensor | None = None, counts_only: bool = False) -> None:
+        """x [T, H] MoE input, idx/w [T, k] router choices (w as the block scales outputs), p [T, k]
+        the router's probabilities of those choices before renormalisation (w if None),
+        modality [T] in {0,1,2}. counts_only: add to counts, weights and probabilities only."""
         x = x.detach().float()
         w = w.detach().float()
+        p = w if p is None else p.detach().float()
         self.n_key_tokens += int((modality == KEY).sum())
         self.n_image_tokens += int((modality != TEXT).sum())
         keys = torch.rand(x.shape[0], generator=self.gen)
         for e in torch.unique(idx).tolist():
             tok, slot = torch.nonzero(idx == e, as_tuple=True)
-            xe, we, me = x[tok], w[tok, slot], modality[tok]
-            wg, wu, wd, act = experts_fn(e)
-            with torch.no_grad():
-                mid = (act(xe @ wg.T) * (xe @ wu.T)).float()
+            xe, we, pe, me = x[tok], w[tok, slot], p[tok, slot], modality[tok]
+            if not counts_only:
+                wg, wu, wd, act = experts_fn(e)
+                with torch.no_grad():
+                    mid = (act(xe @ wg.T) * (xe @ wu.T)).float()
             for mi in range(3):
                 sel = me == mi
                 if not bool(sel.any()):
                     continue
                 self.counts[mi, e] += int(sel.sum())
                 self.weight_sums[mi, e] += float(we[sel].sum())
+                self.prob_sums[mi, e] += float(pe[sel].sum())
+                if counts_only:
+                    continue
                 for arr, v in ((self.in_sq, xe[sel]), (self.mid_sq, mid[sel])):
                     sq = (v.double() ** 2)
                     arr[mi, 0, e] += sq.sum(0).numpy()
                     arr[mi, 1, e] += (sq * we[sel, None].double()).sum(0).numpy()
+            if counts_only:
+                continue
             self.caches[("text", e)].add(xe[me == TEXT], keys[tok][me == TEXT])
             self.caches[("vision_key", e)].add(xe[me == KEY], keys[tok][me == KEY])
             self.caches[("all", e)].add(xe, keys[tok])
 
-    def importance(self) -> tuple[np.ndarray, np.ndarray]:
-        """Plain mean x^2 over all modalities per expert: [E, H] and [E, I] (1.0 if unseen),
-        the importance pack uses by default, so sensitivity quantizes the same way."""
-        n = self.counts.sum(0).astype(np.float64)
-        out = []
-        for arr in (self.in_sq, self.mid_sq):
-            s = arr[:, 0].sum(0)
-            imp = np.ones_like(s, dtype=np.float32)
-            seen = n > 0
-            imp[seen] = (s[seen] / n[seen, None]).astype(np.float32)
-            out.append(imp)
-        return out[0], out[1]
+    def importance(self, kind: str, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+        """[E, H] and [E, I] importance of `kind` (1.0 for unseen experts), from the float32 sums
+        the statistics store: the numbers pack will hand the quantizer."""
+        inp, mid = expert_entries(kind, self.in_sq, self.mid_sq, self.counts, self.weight_sums, gamma)
+        return inp.importance(), mid.importance()
 
-    def finish(self, experts_fn, types, probes: int, n_threads: int = 1) -> dict[str, np.ndarray]:
-        imp_in, imp_mid = self.importance()
-        sens = np.zeros((self.E, 4, len(types), len(SENS_MODALITIES)), dtype=np.float64)
+    def finish(self, experts_fn, types, probes: int, n_threads: int = 1, gamma: float = 1.0) -> dict[str, np.ndarray]:
+        """gamma: VEQ-MA's text weight, for the sensitivity under its importance."""
+        imps = [self.importance(kind, gamma) for kind in IMPORTANCES]
+        sens = np.zeros((len(IMPORTANCES), self.E, 4, len(types), len(SENS_MODALITIES)), dtype=np.float64)
         hess = np.zeros((self.E, 3), dtype=np.float64)
+        norm_hess = np.zeros((self.E, 3), dtype=np.float64)
 
         def one(e: int) -> None:
             wg, wu, wd, act = experts_fn(e)
             with torch.no_grad():
                 inputs = [self.caches[(c, e)].rows for c in SENS_MODALITIES]
-                sens[e] = expert_sensitivity(wg, wu, wd, act, inputs, types, imp_in[e], imp_mid[e])
+                for k, (imp_in, imp_mid) in enumerate(imps):
+                    sens[k, e] = expert_sensitivity(wg, wu, wd, act, inputs, types, imp_in[e], imp_mid[e])
 
         # ggml's quantizer drops the GIL, so experts overlap
         with ThreadPoolExecutor(max(1, n_threads)) as pool:
             list(pool.map(one, range(self.E)))
+        for e in range(self.E):
+            gen = torch.Generator().manual_seed(self.seed * 1013 + e)
+            norm_hess[e] = [norm_hessian_trace(w, NORM_PROBES, gen) for w in experts_fn(e)[:3]]
         # forward-mode AD is not thread-safe: the Hessian probes run in this thread
         for e in range(self.E):
             wg, wu, wd, act = experts_fn(e)
             gen = torch.Generator().manual_seed(self.seed * 1009 + e)
             hess[e] = hessian_trace(wg, wu, wd, act, self.caches[("all", e)].rows, probes, gen)
         return {
-            "counts": self.counts, "weight_sums": self.weight_sums,
+            "counts": self.counts, "weight_sums": self.weight_sums, "prob_sums": self.prob_sums,
             "in_sq": self.in_sq.astype(np.float32), "mid_sq": self.mid_sq.astype(np.float32),
-            "sensitivity": sens, "hessian_trace": hess,
+            "sensitivity": sens, "hessian_trace": hess, "hessian_norm": norm_hess,
             "key_tokens": np.array([self.n_key_tokens, self.n_image_tokens], dtype=np.int64),
         }
 

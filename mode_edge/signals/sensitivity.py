@@ -12,6 +12,15 @@ is exactly the Gauss-Newton matrix (1/N) J^T J, which depends on the data the ro
 to the expert (MoPEQ's "data-dependent H"). Hutchinson: tr(H) ~ mean_i v_i^T H v_i =
 mean_i ||J v_i||^2 / N with Gaussian v_i; J v is computed in closed form (expert_jvps; a test
 checks it against torch's forward-mode AD), which is exact and ~100x faster than autodiff.
+That is our data-dependent variant (`hessian-data`).
+
+MoPEQ as published (its code, krishnateja95/MoE-Mixed-Prec, Hutchinson_estimate.py): the loss
+is L(W) = ||W||_F of each of the expert's matrices, with no data; 100 Gaussian probes, each
+normalised to unit length, v^T H v by double backward, averaged; gate + up + down summed.
+For this loss H = (I - u u^T) / ||W|| with u = W / ||W||, so v^T H v = (1 - (u.v)^2) / ||W||
+exactly, and for a unit Gaussian v, (u.v)^2 is distributed as z^2 / (z^2 + c) with z ~ N(0, 1)
+and c ~ chi^2(n - 1): `norm_hessian_trace` draws the same estimator without forming the
+n-dimensional probes (a test checks it against torch's double backward).
 """
 
 from __future__ import annotations
@@ -95,3 +104,32 @@ def exact_hessian_trace(wg, wu, wd, act, x: torch.Tensor) -> np.ndarray:
         n = x.shape[0]
         return np.array([float((xn * (da * u) ** 2 * col).sum()) / n, float((xn * a ** 2 * col).sum()) / n,
                          wd.shape[0] * float(((a * u) ** 2).sum()) / n])
+
+
+def norm_hessian_trace(w: torch.Tensor, probes: int, generator: torch.Generator) -> float:
+    """MoPEQ's published score of one matrix: mean over `probes` unit Gaussian probes of
+    v^T H v, H the Hessian of ||W||_F (expectation (1 - 1/n) / ||W||_F)."""
+    w = w.detach().double()
+    n, norm = w.numel(), float(torch.linalg.vector_norm(w))
+    if probes <= 0 or norm == 0.0:
+        return 0.0
+    if n < 3:
+        return (1.0 - 1.0 / n) / norm
+    z2 = torch.randn(probes, generator=generator, dtype=torch.float64) ** 2
+    rest = 2.0 * _gamma_draw((n - 1) / 2.0, probes, generator)     # chi^2(n - 1)
+    dot2 = z2 / (z2 + rest)
+    return float(((1.0 - dot2) / norm).mean())
+
+
+def _gamma_draw(shape: float, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k draws of Gamma(shape, 1) from `generator` (Marsaglia-Tsang; shape >= 1)."""
+    d = shape - 1.0 / 3.0
+    c = 1.0 / (9.0 * d) ** 0.5
+    out = []
+    while len(out) < k:
+        x = torch.randn(4 * k, generator=generator, dtype=torch.float64)
+        u = torch.rand(4 * k, generator=generator, dtype=torch.float64)
+        v = (1.0 + c * x) ** 3
+        ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * x ** 2 + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        out.extend((d * v[ok]).tolist())
+    return torch.tensor(out[:k], dtype=torch.float64)

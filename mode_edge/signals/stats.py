@@ -3,12 +3,15 @@
     STATS_DIR/manifest.json           schema, version, model, data hash, options, shapes, names
     STATS_DIR/expert_stats.safetensors
         layer.{l}.counts        int64   [3, E]            top-k selections by modality
-        layer.{l}.weight_sums   float64 [3, E]            summed routing weights by modality
+        layer.{l}.weight_sums   float64 [3, E]            summed routing weights by modality (renormalised)
+        layer.{l}.prob_sums     float64 [3, E]            summed router probabilities before renormalisation
         layer.{l}.in_sq         float32 [3, 2, E, H]      sum x^2 of gate/up inputs (plain, weighted)
         layer.{l}.mid_sq        float32 [3, 2, E, I]      sum x^2 of down inputs (plain, weighted)
-        layer.{l}.sensitivity   float64 [E, 4, n_types, 3] MSE (all/gate/up/down quantized) x
-                                                          (text, vision_key, all routed tokens)
-        layer.{l}.hessian_trace float64 [E, 3]            Hutchinson tr(H) of gate, up, down
+        layer.{l}.sensitivity   float64 [n_imp, E, 4, n_types, 3] MSE per importance matrix
+                                                          (manifest importances) x (all/gate/up/down
+                                                          quantized) x (text, vision_key, all routed)
+        layer.{l}.hessian_trace float64 [E, 3]            Hutchinson tr(H) of the output error (data)
+        layer.{l}.hessian_norm  float64 [E, 3]            MoPEQ's Hutchinson tr(H) of ||W||_F (no data)
         layer.{l}.key_tokens    int64   [2]               key image tokens, all image tokens
         layer.{l}.attn_tokens   int64   [3]               tokens by modality
         layer.{l}.attn_in_sq    float32 [3, H]            sum x^2 of the attention input by modality
@@ -17,7 +20,9 @@
                                                           (manifest attn_tensors: names, inputs)
     STATS_DIR/imatrix.gguf            plain importance matrix (llama.cpp format) for pack
 
-Modalities are ("text", "vision_key", "vision_red"); vision = key + redundant.
+Modalities are ("text", "vision_key", "vision_red"); vision = key + redundant. The manifest
+also records gamma (VEQ's text/vision gradient-norm ratio, mode_edge.signals.gamma) and where it
+came from (measured / given / reported).
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from mode_edge.errors import UserError
 from mode_edge.files import atomic_path, read_json, write_json_atomic
 
 SCHEMA = "mode-edge/expert-stats"
-VERSION = 2
+VERSION = 3
+MODALITIES = ("text", "vision_key", "vision_red")
+TEXT, KEY, RED = 0, 1, 2              # first axis of counts / weight_sums / in_sq
+S_TEXT, S_KEY, S_ALL = 0, 1, 2        # last axis of sensitivity: text, key vision, all routed tokens
 ARRAYS_FILE = "expert_stats.safetensors"
 MANIFEST_FILE = "manifest.json"
 IMATRIX_FILE = "imatrix.gguf"
@@ -53,6 +61,14 @@ class ExpertStats:
     @property
     def types(self) -> list[str]:
         return self.manifest["types"]
+
+    def sensitivity(self, layer: int, importance: str) -> np.ndarray:
+        """[E, 4, n_types, 3] the experts' errors when quantized with `importance`."""
+        kinds = self.manifest["importances"]
+        if importance not in kinds:
+            raise UserError(f"these statistics have no sensitivity under the {importance} importance "
+                            f"(they have {', '.join(kinds)})", "re-run `mode-edge calibrate`")
+        return self.layers[layer]["sensitivity"][kinds.index(importance)]
 
     def save(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)

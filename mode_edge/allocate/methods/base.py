@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-TEXT, KEY, RED = 0, 1, 2              # count modalities (ExpertStats)
-S_TEXT, S_KEY, S_ALL = 0, 1, 2        # sensitivity caches: text, key vision, all routed tokens
+from mode_edge.signals.stats import KEY, RED, S_ALL, S_KEY, S_TEXT, TEXT  # noqa: F401  (methods import them here)
+
 AXES = {"all": 0, "gate": 1, "up": 2, "down": 3}
 
 
@@ -21,9 +21,11 @@ AXES = {"all": 0, "gate": 1, "up": 2, "down": 3}
 class LayerStats:
     layer: int
     counts: np.ndarray        # [3, E] top-k selections by modality (text, key vision, redundant vision)
-    weight_sums: np.ndarray   # [3, E] summed routing weights
-    sensitivity: np.ndarray   # [E, 4, n_stats_types, 3] output MSE
-    hessian: np.ndarray       # [E, 3] Hutchinson trace of gate, up, down
+    weight_sums: np.ndarray   # [3, E] summed routing weights (after the router's renormalisation)
+    sensitivity: np.ndarray   # [E, 4, n_stats_types, 3] output MSE under the method's importance
+    hessian: np.ndarray       # [E, 3] Hutchinson trace of gate, up, down (output error, data)
+    prob_sums: np.ndarray     # [3, E] summed router probabilities before renormalisation
+    hessian_norm: np.ndarray  # [E, 3] MoPEQ's Hutchinson trace of ||W||_F (no data)
 
 
 @dataclass
@@ -50,8 +52,14 @@ class Assignment:
 class Method:
     name: str = ""
     summary: str = ""
-    #: which importance matrix pack quantizes with (mode_edge.allocate.importance)
+    #: the importance matrix pack quantizes with and the sensitivity is read under
+    #: (mode_edge.signals.importance), so the ILP prices the file that is written
     importance: str = "plain"
+    #: the method's own budget scope: one ILP per MoE layer (each layer its parameter share of
+    #: the expert bytes) or one global ILP; --per-layer-bits / --global-bits override
+    per_layer: bool = False
+    #: published as is, or our variant/extension (reports say which)
+    published: bool = True
     #: reads real-type sensitivity, so its candidate types must be ones calibration measured
     needs_sensitivity: bool = True
 

@@ -1,11 +1,17 @@
-"""`hessian`: MoPEQ (arXiv 2509.02512): Hessian-trace importance, k-means bit classes.
+"""MoPEQ (arXiv 2509.02512): Hessian-trace importance, k-means bit classes.
 
-Each item's score is the Hutchinson trace of its Hessian (summed over gate, up and down for a
-whole expert). The scores are clustered by 1-D k-means (k classes, default 3 as the paper's
-{2,3,4} bits) within each layer ("layer", default) or over the whole model ("model"); clusters
-map to types by score order. Of all maps from classes to strictly increasing candidate types,
-the one with the most bytes that still fits the budget is taken (default of METHODS.md).
-Frequency plays no part, as in the paper.
+hessian       as published (krishnateja95/MoE-Mixed-Prec): the Hutchinson trace of the Hessian
+              of ||W||_F, 100 unit-normalised probes, no data (mode_edge.signals.sensitivity)
+hessian-data  ours: the Hutchinson trace of the expert's output-error Hessian on its routed
+              calibration tokens (data-dependent), calibration's --hessian-probes probes
+
+Each item's score is summed over gate, up and down for a whole expert. The scores are
+clustered by 1-D k-means (k classes, default 3 as the paper's {2,3,4} bits) within each layer
+("layer", default) or over the whole model ("model", scores divided by their layer's sum
+first, as the published MolmoE script does); clusters map to types by score order. The
+published code stops at the scores (no budget); of all maps from classes to strictly
+increasing candidate types, the one with the most bytes that still fits the budget is taken
+(our default). Frequency plays no part, as in the paper.
 """
 
 from __future__ import annotations
@@ -35,18 +41,24 @@ def kmeans_1d(x: np.ndarray, k: int, iters: int = 100) -> np.ndarray:
 
 class Hessian(Method):
     name = "hessian"
-    summary = "MoPEQ: Hessian-trace k-means classes mapped to types to fit the budget"
+    summary = "MoPEQ as published: trace of the Hessian of ||W||_F (no data), k-means classes to types"
     needs_sensitivity = False
 
+    def traces(self, ls: LayerStats) -> np.ndarray:
+        return ls.hessian_norm
+
     def score(self, ls: LayerStats, proj: int | None, ctx: Context) -> np.ndarray:
-        return ls.hessian.sum(axis=1) if proj is None else ls.hessian[:, proj]
+        h = self.traces(ls)
+        return h.sum(axis=1) if proj is None else h[:, proj]
 
     def assign(self, a: Assignment, ctx: Context) -> np.ndarray | None:
         k = int(ctx.options.get("hessian_classes", 3))
         scope = ctx.options.get("hessian_scope", "layer")
         labels = np.zeros(len(a.scores), dtype=np.int64)
         if scope == "model":
-            labels = kmeans_1d(a.scores, k)
+            sums = {layer: a.scores[a.layer_of == layer].sum() for layer in np.unique(a.layer_of)}
+            denom = np.array([sums[layer] or 1.0 for layer in a.layer_of])
+            labels = kmeans_1d(a.scores / denom, k)
         else:
             for layer in np.unique(a.layer_of):
                 sel = a.layer_of == layer
@@ -70,3 +82,12 @@ class Hessian(Method):
                 ctx.notes.append(f"{scope}-wise k-means, {n_classes} classes; types used: {', '.join(used)}")
                 return best
         return np.zeros(len(labels), dtype=np.int64)
+
+
+class HessianData(Hessian):
+    name = "hessian-data"
+    summary = "ours: MoPEQ's clustering on the data-dependent Hessian trace of the expert's output error"
+    published = False
+
+    def traces(self, ls: LayerStats) -> np.ndarray:
+        return ls.hessian

@@ -8,6 +8,9 @@ mode-pooled:     f(e) * d_all(e, b) with f the pooled share over all tokens
 mode-allvision:  like mode, but vision counted over every image token (no denoising)
 mode-nosens:     like mode, but d replaced by the layer's mean error of each type
                  (frequencies only: what the per-expert sensitivity adds)
+
+Every one is packed with the plain importance (all routed tokens, unweighted: the diagonal of
+the Hessian MODE's GPTQ quantizes with), and d was measured under that same importance.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from mode_edge.allocate.methods.base import (KEY, RED, S_ALL, S_KEY, S_TEXT, TEX
 class Mode(Method):
     name = "mode"
     summary = "MODE: per-modality frequency (key vision tokens) x per-modality real-type error"
-    importance = "balanced"
 
     def vision_counts(self, ls: LayerStats) -> np.ndarray:
         return ls.counts[KEY]
@@ -40,6 +42,7 @@ class Mode(Method):
 
 
 class ModeText(Mode):
+    published = False
     name = "mode-text"
     summary = "ablation: text frequency x text error only"
 
@@ -51,9 +54,9 @@ class ModeText(Mode):
 
 
 class ModePooled(Mode):
+    published = False
     name = "mode-pooled"
     summary = "ablation: pooled frequency x pooled error (no decomposition, no denoising)"
-    importance = "plain"
 
     def cost(self, ls: LayerStats, axis: int, ctx: Context) -> np.ndarray:
         return normalised(ls.counts.sum(0))[:, None] * ls.sensitivity[:, axis, :, S_ALL]
@@ -63,6 +66,7 @@ class ModePooled(Mode):
 
 
 class ModeAllVision(Mode):
+    published = False
     name = "mode-allvision"
     summary = "ablation: mode with vision counted over all image tokens (no denoising)"
 
@@ -71,6 +75,7 @@ class ModeAllVision(Mode):
 
 
 class ModeNoSens(Mode):
+    published = False
     name = "mode-nosens"
     summary = "ablation: mode with each expert's error replaced by the layer's mean per type"
 
