@@ -64,6 +64,7 @@ EXPERIMENTS = {
     "mode+counts512": ("mode", {}, {"count_samples": 512}, None),
     "mode+floor-IQ2_XS": ("mode", {"floor": "IQ2_XS"}, {}, None),
     "mode+balanced-pack": ("mode", {}, {}, "balanced"),
+    "veq+gamma22.4": ("veq", {"method_options": {"veq_gamma": 22.4}}, {}, None),   # VEQ's reported gamma
 }
 HELDOUT_START = 100_000
 MAIN = ["uniform", "veq", "veq-alloc", "frequency", "hessian", "mode", "mode-pooled"]

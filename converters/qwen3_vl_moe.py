@@ -411,7 +411,7 @@ class Qwen3VLMoeCalibration:
                 text_pos, pos = pos[0].to(dev), pos[1:]
             cos_sin = self.rotary(h, pos.to(dev))
             mask = create_causal_mask(config=self.config.text_config, inputs_embeds=h, attention_mask=None,
-                                      past_key_values=None, position_ids=text_pos)
+                                      cache=None, position_ids=text_pos)
         return {"hidden": h[0].cpu(), "position_embeddings": cos_sin, "attention_mask": mask,
                 "image_mask": image_mask[0].to(dev), "deepstack": deepstack}
 

@@ -92,3 +92,13 @@ def tiny_stats_dir(tiny_models, calibration_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stats")
     calibrate(tiny_models["transformers"], calibration_data, out, CalibrationOptions(**FAST))
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_out(tmp_path_factory) -> Path:
+    """The README's main job: the bundled demo model converted to 7 MB, as written there."""
+    from tests.helpers import DEMO, cli
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert cli(["convert", str(DEMO), "--budget", "7MB", "-o", str(out), "-q"]) == 0
+    return out

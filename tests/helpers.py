@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,11 @@ def cli(args: list[str]) -> int:
         main(args)
     return e.value.code
 
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo-model"
+PICTURE = ROOT / "examples" / "images" / "shapes.png"
+QUESTION, ANSWER = "Which is bigger, the yellow or the green shape?", "green"   # the README's
 
 FAST = dict(types=["Q2_K", "Q3_K", "Q4_K", "Q6_K"], probes=4)
 

@@ -5,23 +5,17 @@ then chat answers the question about the bundled picture correctly."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from gguf import GGUFReader
 
 from mode_edge.gguf.groups import GROUPS_KEY
-from tests.helpers import cli
+from tests.helpers import ANSWER, PICTURE, QUESTION, cli
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "examples" / "demo-model"
-PICTURE = ROOT / "examples" / "images" / "shapes.png"
-QUESTION, ANSWER = "Which is bigger, the yellow or the green shape?", "green"
 BUDGET = 7_000_000  # the README's 7MB: between the demo's uniform Q2_K and Q4_K files
 
 
-def test_demo_budget_convert_then_chat_answers(tmp_path, capsys):
-    out = tmp_path / "out"
-    assert cli(["convert", str(DEMO), "--budget", "7MB", "-o", str(out), "-q"]) == 0
+def test_demo_budget_convert_then_chat_answers(demo_out, capsys):
+    out = demo_out
     files = [p for p in out.glob("*.gguf") if not p.name.startswith("plan")]
     assert len(files) == 2 and sum(p.stat().st_size for p in files) <= BUDGET
     report = json.loads((out / "report.json").read_text())

@@ -62,7 +62,8 @@ def image_url(path: Path) -> str:
 
 class Chat:
     def __init__(self, text_path: Path, mmproj_path: Path, n_ctx: int | None = None, n_gpu_layers: int = 0,
-                 threads: int | None = None, verbose: bool = False):
+                 threads: int | None = None, verbose: bool = False, cpu_moe: bool = False,
+                 n_cpu_moe: int | None = None):
         import llama_cpp
         from llama_cpp.llama_chat_format import MTMDChatHandler
 
@@ -76,9 +77,12 @@ class Chat:
 
             quiet_mtmd_logs()
         handler = MTMDChatHandler(clip_model_path=str(mmproj_path), verbose=verbose, use_gpu=n_gpu_layers != 0)
+        from mode_edge.run.offload import placement
+
         try:
-            self.llm = llama_cpp.Llama(str(text_path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, verbose=verbose,
-                                       chat_handler=handler, **({"n_threads": threads} if threads else {}))
+            with placement(cpu_moe, n_cpu_moe) as self.placement:
+                self.llm = llama_cpp.Llama(str(text_path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, verbose=verbose,
+                                           chat_handler=handler, **({"n_threads": threads} if threads else {}))
         except ValueError as e:
             raise UserError(f"llama.cpp could not load {text_path.name} ({e})",
                             "rerun with --verbose to see llama.cpp's reason") from None
