@@ -47,8 +47,12 @@ def _export(model_dir: Path, output: Path, quiet: bool, **kwargs) -> None:
             on_progress=lambda t: progress.update(task, advance=t.nbytes, description=t.name[:40]),
             **kwargs,
         )
+    from mode_edge.card import command_line, write_card
+
+    card = write_card(output, result.text_path, result.mmproj_path, model_dir, command_line())
     out.print(f"wrote {result.text_path} ({_human(result.text_bytes)})")
     out.print(f"wrote {result.mmproj_path} ({_human(result.mmproj_bytes)})")
+    out.print(f"wrote {card} (model card)")
     out.print(f"in {result.seconds:.1f} s")
 
 
@@ -91,8 +95,8 @@ def convert(
     samples: int = typer.Option(128, "--samples", help="With --budget: calibration samples."),
     seed: int = typer.Option(0, "--seed", help="With --budget: calibration sampling seed."),
     cal_types: Optional[str] = typer.Option(None, "--types",
-                                            help="With --budget: candidate types, comma-separated (default: Q2_K,"
-                                                 "Q3_K,Q4_K,Q5_K,Q6_K,Q8_0)."),
+                                            help="With --budget: candidate types, comma-separated (default: the "
+                                                 "ladder IQ2_XXS … Q8_0, IQ types included)."),
     other: str = typer.Option("Q8_0", "--other", help="With --budget: type of the non-expert text matrices."),
     attn: Optional[str] = typer.Option(None, "--attn-type", help="With --budget: attention type, or auto."),
     context: int = typer.Option(0, "--context", help="With --budget: reserve the KV cache of this many tokens."),
@@ -119,7 +123,6 @@ def convert(
             n_threads=threads)
 
 
-BUDGET_TYPES = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0"
 
 
 def _convert_budget(model_dir: Path, output: Path, budget: str, quiet: bool, threads: Optional[int],
@@ -129,10 +132,15 @@ def _convert_budget(model_dir: Path, output: Path, budget: str, quiet: bool, thr
     from mode_edge.allocate.budget import parse_budget
     from mode_edge.allocate.methods import get_method
     from mode_edge.calibrate.runner import CalibrationOptions
+    from mode_edge.card import command_line
     from mode_edge.pipeline import convert_with_budget
 
     get_method(method)   # unknown methods fail before calibration
-    type_list = [t.strip().upper() for t in (types or BUDGET_TYPES).split(",")]
+    from mode_edge.quant_types import LADDER
+
+    # the whole ladder: at 2-3 bits the IQ types with an importance matrix beat the K types by far
+    # (benchmarks/quality.py: uniform IQ3_XXS at 3.06 bpw has 1/18 the KLD of uniform Q3_K at 3.44)
+    type_list = [t.strip().upper() for t in types.split(",")] if types else [t.name for t in LADDER]
     cal_opts = CalibrationOptions(samples=samples, seed=seed, types=type_list, device=device)
     alloc_opts = AllocOptions(method=method, granularity=granularity, other=other, attn=attn, context=context)
     stage_names = {"calibrate": "[1/3] calibrating (reused when model, data and options are unchanged)",
@@ -140,12 +148,13 @@ def _convert_budget(model_dir: Path, output: Path, budget: str, quiet: bool, thr
     with _calibration_progress(quiet) as cal_progress:
         res = convert_with_budget(model_dir, output, budget, alloc_opts, cal_opts, data, cal_progress,
                                   on_stage=lambda name: quiet or console.print(stage_names[name]),
-                                  pack_kwargs={"n_threads": threads})
+                                  pack_kwargs={"n_threads": threads}, command=command_line())
     a = res.alloc
     _print_plan(a, parse_budget(budget))
     for p in res.files:
         out.print(f"wrote {p} ({_human(p.stat().st_size)})")
-    out.print(f"report: {output / 'report.md'}; plan: {output / 'plan.json'}, {output / 'plan.png'}")
+    out.print(f"model card: {output / 'README.md'}; report: {output / 'report.md'}; plan: {output / 'plan.json'}, "
+              f"{output / 'plan.png'}")
     out.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.stages.items()))
 
 
@@ -457,6 +466,12 @@ def eval_cmd(
         bar = progress.add_task("evaluating", total=None)
         res = evaluate(model, tasks=tasks, limit=limit, reference=reference, mmproj=mmproj, threads=threads,
                        start=start, on_sample=lambda i, n: progress.update(bar, completed=i, total=n))
+    if Path(model).is_dir() and tasks == "test" and start == 0:
+        from mode_edge.card import record_eval
+
+        card = record_eval(Path(model), res.to_dict())
+        if card is not None and not as_json:
+            console.print(f"recorded in {card}")
     if as_json:
         out.print_json(json.dumps(res.to_dict()))
         return
@@ -642,9 +657,9 @@ def runtime_build(
     """Fetch llama-cpp-python 0.3.36 from the package index, apply vendor/llama.cpp.patch, build, install."""
     from mode_edge.runtime.build import build
 
-    with console.status("building the patched llama.cpp (about 5 minutes on 2 cores; cached afterwards)"):
-        wheel = build(cuda=cuda, metal=metal, force=force, jobs=jobs, install=not no_install,
-                      log=(lambda m: console.print(m, highlight=False)) if verbose else (lambda m: None))
+    wheel = build(cuda=cuda, metal=metal, force=force, jobs=jobs, install=not no_install,
+                  log=(lambda m: console.print(m, highlight=False, markup=False)) if verbose else (lambda m: None),
+                  say=lambda m: console.print(m, highlight=False, markup=False))
     out.print(f"{'built' if no_install else 'installed'} {wheel}")
 
 
@@ -663,6 +678,9 @@ def runtime_status() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    import mode_edge.card
+
+    mode_edge.card.ARGV = list(argv) if argv is not None else None
     try:
         app(args=argv, standalone_mode=True)
     except UserError as e:

@@ -4,6 +4,7 @@ OUT_DIR/stats/              ExpertStats (reused when model, data and options are
 OUT_DIR/plan.json           QuantPlan, with plan.png and plan.imatrix.gguf beside it
 OUT_DIR/<name>-<label>.gguf the text model; OUT_DIR/mmproj-<name>-<type>.gguf the projector
 OUT_DIR/report.json, report.md   sizes, bits per part, experts per type, seconds per stage
+OUT_DIR/README.md           a model card (mode_edge/card.py): files, the command, how to run them
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mode_edge.allocate.budget import parse_budget
 from mode_edge.allocate.report import histogram, parts, save_plan
 from mode_edge.calibrate.data import PROMPTS_FILE
 from mode_edge.calibrate.runner import CalibrationOptions, Progress, calibrate
+from mode_edge.card import write_card
 from mode_edge.errors import UserError
 from mode_edge.files import atomic_path, write_json_atomic
 from mode_edge.gguf.export import ExportResult, export_model
@@ -55,7 +57,8 @@ def convert_with_budget(model_dir: Path, out_dir: Path, budget: str, alloc_opts:
                         cal_opts: CalibrationOptions, data_dir: Path | None = None,
                         cal_progress: Progress | None = None,
                         on_stage: Callable[[str], None] | None = None,
-                        pack_kwargs: dict | None = None) -> BudgetResult:
+                        pack_kwargs: dict | None = None, command: str | None = None) -> BudgetResult:
+    """command: the command line to write into the folder's model card (README.md)."""
     parsed = parse_budget(budget)          # bad budgets and data fail before any work
     data_dir = Path(data_dir) if data_dir is not None else default_data(model_dir)
     check_budget_before_calibration(model_dir, parsed, alloc_opts, cal_opts.types)
@@ -88,6 +91,8 @@ def convert_with_budget(model_dir: Path, out_dir: Path, budget: str, alloc_opts:
         raise RuntimeError(f"wrote {written} bytes for a budget of {parsed.bytes}: the plan's accounting is wrong")
     res = BudgetResult(alloc, result, out_dir, stages)
     write_report(res, stats, str(parsed))
+    write_card(out_dir, result.text_path, result.mmproj_path, model_dir, command or f"mode-edge convert {model_dir} "
+               f"--budget {budget} -o {out_dir}")
     return res
 
 

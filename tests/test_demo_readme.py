@@ -25,3 +25,18 @@ def test_demo_budget_convert_then_chat_answers(demo_out, capsys):
     capsys.readouterr()
     assert cli(["chat", str(out), "--image", str(PICTURE), "--prompt", QUESTION, "--max-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip() == ANSWER
+
+
+def test_output_folder_is_a_model_card(demo_out, capsys):
+    card = (demo_out / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "base_model: demo-model" in front and "  - gguf" in front and "  - mode-edge" in front
+    assert "quantization:" in front
+    text = next(p for p in demo_out.glob("*.gguf") if not p.name.startswith(("mmproj-", "plan")))
+    assert f"`{text.name}` | {text.stat().st_size:,} |" in card          # sizes as on disk
+    assert "--budget 7MB" in card and "mode-edge serve" in card and "patched llama.cpp" in card
+    assert "Quality not measured yet" in card
+    assert cli(["eval", str(demo_out), "--limit", "8", "--threads", "2"]) == 0
+    card = (demo_out / "README.md").read_text()
+    assert "## Measured quality" in card and "| vision | 4 |" in card and "| text | 4 |" in card
+    assert json.loads((demo_out / "eval.json").read_text())["samples"] == 8

@@ -9,14 +9,17 @@ flags), so a reinstall is a copy.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -50,6 +53,41 @@ def cache_dir(flags: list[str], stock: bool = False) -> Path:
     return root / "runtime" / f"{VERSION}-{'stock-' if stock else ''}{key}"
 
 
+_UNIT = re.compile(r"\[(\d+)/(\d+)\]")
+
+
+def _run_with_progress(cmd: list[str], log: Callable[[str], None], say: Callable[[str], None],
+                       every: float = 10.0, **kw) -> None:
+    """Run cmd, streaming its output: every line to `log`, and to `say` a progress line at most
+    every `every` seconds (ninja's [done/total] units when the build prints them, else elapsed
+    time). A failure raises with the last 30 lines."""
+    log("$ " + " ".join(cmd))
+    t0 = last = time.monotonic()
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    units = None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, **kw)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        log(line)
+        m = _UNIT.search(line)
+        if m:
+            units = (int(m.group(1)), int(m.group(2)))
+        now = time.monotonic()
+        if now - last >= every:
+            last = now
+            done = f"{units[0]}/{units[1]} compiled units, " if units else ""
+            say(f"  compiling: {done}{_elapsed(now - t0)}")
+    if proc.wait() != 0:
+        raise UserError(f"`{' '.join(cmd[:4])} …` failed (exit {proc.returncode}):\n" + "\n".join(tail),
+                        "see the output above; network access to the package index is needed")
+
+
+def _elapsed(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
 def _run(cmd: list[str], log: Callable[[str], None], **kw) -> None:
     log("$ " + " ".join(cmd))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
@@ -72,29 +110,38 @@ def _apply(src: Path, patch: Path, log: Callable[[str], None]) -> None:
 
 
 def build(cuda: bool = False, metal: bool = False, force: bool = False, jobs: int | None = None,
-          install: bool = True, log: Callable[[str], None] = print, stock: bool = False) -> Path:
+          install: bool = True, log: Callable[[str], None] = print, stock: bool = False,
+          say: Callable[[str], None] = lambda m: None) -> Path:
     """Build (or take from the cache) the patched wheel; install it unless install=False.
 
+    log gets every command and output line (--verbose), say the stages and progress.
     stock=True builds the same release with the same flags but without our patch (the
     reference that benchmarks/stock_identity.py compares against)."""
     flags = cmake_flags(cuda, metal)
     cache = cache_dir(flags, stock)
     wheels = sorted(cache.glob("*.whl"))
+    t0 = time.monotonic()
     if force or not wheels:
-        wheels = [_build_wheel(cache, flags, jobs, log, stock)]
+        say(f"building llama-cpp-python {VERSION}{'' if stock else ' with mode-edge patch'} once "
+            f"(6-15 min on 2 cores; cached in {cache.parent})")
+        wheels = [_build_wheel(cache, flags, jobs, log, stock, say)]
+        say(f"built in {_elapsed(time.monotonic() - t0)}")
     else:
+        say(f"using the cached runtime {wheels[0].name} ({cache})")
         log(f"using the cached wheel {wheels[0]}")
     if install:
+        say("installing it into this environment")
         _run([sys.executable, "-m", "pip", "install", "--force-reinstall", "--no-deps", str(wheels[0])], log)
         _run([sys.executable, "-m", "pip", "install", str(wheels[0])], log)   # its dependencies, if missing
     return wheels[0]
 
 
 def _build_wheel(cache: Path, flags: list[str], jobs: int | None, log: Callable[[str], None],
-                 stock: bool = False) -> Path:
+                 stock: bool = False, say: Callable[[str], None] = lambda m: None) -> Path:
     patch = patch_path()
     with tempfile.TemporaryDirectory(prefix="mode-edge-runtime-") as tmp:
         tmp = Path(tmp)
+        say(f"[1/4] downloading the {PACKAGE} {VERSION} source release")
         _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
               f"{PACKAGE}=={VERSION}", "-d", str(tmp / "dl")], log)
         archive = next((tmp / "dl").glob("*.tar.gz"))
@@ -102,11 +149,16 @@ def _build_wheel(cache: Path, flags: list[str], jobs: int | None, log: Callable[
             tar.extractall(tmp / "src", filter="data")
         src = next((tmp / "src").iterdir())
         if not stock:
+            say(f"[2/4] applying {patch.name} to its llama.cpp")
             _apply(src, patch, log)
         env = dict(os.environ, CMAKE_ARGS=" ".join(flags),
                    CMAKE_BUILD_PARALLEL_LEVEL=str(jobs or os.cpu_count() or 2))
         out = tmp / "wheel"
-        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(src)], log, env=env)
+        say(f"[3/4] compiling llama.cpp with {env['CMAKE_BUILD_PARALLEL_LEVEL']} jobs"
+            + (f" ({' '.join(flags)})" if flags else " (CPU)"))
+        _run_with_progress([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(src)],
+                           log, say, env=env)
+        say("[4/4] caching the wheel")
         wheel = next(out.glob("*.whl"))
         partial = cache.with_name(cache.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -148,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         wheel = build(args.cuda, args.metal, args.force, install=not (args.no_install or args.stock),
-                      log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None), stock=args.stock)
+                      log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None), stock=args.stock,
+                      say=lambda m: print(m, flush=True))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
