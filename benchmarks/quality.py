@@ -58,16 +58,19 @@ BUDGETS = {"W3": 3.2, "W2": 2.45, "W1": 2.1}
 METHOD_ROWS = ["uniform", "veq", "veq-alloc", "frequency", "hessian", "hessian-data", "mode", "mode-pooled"]
 # name -> (method, AllocOptions overrides, calibration overrides, pack importance override)
 EXPERIMENTS = {
-    "mode+per-projection": ("mode", {"split_projections": True}, {}, None),
-    "mode+perlayer": ("mode", {"per_layer": True}, {}, None),
+    "mode+global": ("mode", {"per_layer": False}, {}, None),       # one ILP over all layers
+    "mode-pooled+global": ("mode-pooled", {"per_layer": False}, {}, None),
+    # measured before mode's default became per layer, so on the global ILP:
+    "mode+global+per-projection": ("mode", {"per_layer": False, "split_projections": True}, {}, None),
+    "mode+global+iq-ladder": ("mode", {"per_layer": False, "types": ["IQ2_XXS", "IQ3_XXS", "IQ4_XS"]}, {}, None),
+    "mode+global+counts512": ("mode", {"per_layer": False}, {"count_samples": 512}, None),
+    "mode+global+floor-IQ2_XS": ("mode", {"per_layer": False, "floor": "IQ2_XS"}, {}, None),
+    "mode+global+balanced-pack": ("mode", {"per_layer": False}, {}, "balanced"),
     "mode+iq-ladder": ("mode", {"types": ["IQ2_XXS", "IQ3_XXS", "IQ4_XS"]}, {}, None),
-    "mode+counts512": ("mode", {}, {"count_samples": 512}, None),
-    "mode+floor-IQ2_XS": ("mode", {"floor": "IQ2_XS"}, {}, None),
-    "mode+balanced-pack": ("mode", {}, {}, "balanced"),
     "veq+gamma22.4": ("veq", {"method_options": {"veq_gamma": 22.4}}, {}, None),   # VEQ's reported gamma
 }
 HELDOUT_START = 100_000
-MAIN = ["uniform", "veq", "veq-alloc", "frequency", "hessian", "mode", "mode-pooled"]
+MAIN = ["uniform", "veq", "veq-alloc", "frequency", "mode-pooled"]
 
 
 def balanced_imatrix(stats: ExpertStats) -> Imatrix:
@@ -184,7 +187,8 @@ def run_seed(b: Bench, data: Path, seed: int) -> None:
     for name in args.experiments:
         method, over, cal_over, imp = EXPERIMENTS[name]
         st = _calibrated(b, data, seed, cal_over) if cal_over else stats
-        for budget in args.experiment_budgets:
+        # the two global baselines of the per-layer methods at every budget, the rest at W2
+        for budget in args.budgets if name.endswith("+global") else args.experiment_budgets:
             opts = AllocOptions(method=method, **over)
             _plan_and_pack(b, st, f"{name}@{budget}", seed, "experiment", Budget(bpw=BUDGETS[budget]), opts,
                            imatrix=balanced_imatrix(st) if imp == "balanced" else None, budget=budget)

@@ -9,6 +9,7 @@ mode-allvision:  like mode, but vision counted over every image token (no denois
 mode-nosens:     like mode, but d replaced by the layer's mean error of each type
                  (frequencies only: what the per-expert sensitivity adds)
 
+All of them solve one ILP per layer (MODE's code does; --global-bits for one over all layers).
 Every one is packed with the plain importance (all routed tokens, unweighted: the diagonal of
 the Hessian MODE's GPTQ quantizes with), and d was measured under that same importance.
 """
@@ -23,7 +24,10 @@ from mode_edge.allocate.methods.base import (KEY, RED, S_ALL, S_KEY, S_TEXT, TEX
 
 class Mode(Method):
     name = "mode"
-    summary = "MODE: per-modality frequency (key vision tokens) x per-modality real-type error"
+    summary = "MODE: per-modality frequency (key vision tokens) x per-modality real-type error, per layer"
+    # its code solves one ILP per layer (benchmarks/quality.py: at 2.45 bpw this beats one global
+    # ILP in 5 of 6 calibration seeds, mean KLD 0.400 vs 0.507 x1e-4)
+    per_layer = True
 
     def vision_counts(self, ls: LayerStats) -> np.ndarray:
         return ls.counts[KEY]
