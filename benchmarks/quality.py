@@ -55,10 +55,10 @@ from mode_edge.testbed.tasks import export_split  # noqa: E402
 from mode_edge_converters import converter_for  # noqa: E402
 
 BUDGETS = {"W3": 3.2, "W2": 2.45, "W1": 2.1}
-METHOD_ROWS = ["uniform", "veq", "veq-alloc", "frequency", "hessian", "hessian-data", "mode", "mode-pooled"]
+METHOD_ROWS = ["uniform", "veq", "veq-alloc", "frequency", "hessian", "hessian-data", "mode", "mode-global",
+               "mode-pooled"]
 # name -> (method, AllocOptions overrides, calibration overrides, pack importance override)
 EXPERIMENTS = {
-    "mode+global": ("mode", {"per_layer": False}, {}, None),       # one ILP over all layers
     "mode-pooled+global": ("mode-pooled", {"per_layer": False}, {}, None),
     # measured before mode's default became per layer, so on the global ILP:
     "mode+global+per-projection": ("mode", {"per_layer": False, "split_projections": True}, {}, None),
@@ -70,7 +70,7 @@ EXPERIMENTS = {
     "veq+gamma22.4": ("veq", {"method_options": {"veq_gamma": 22.4}}, {}, None),   # VEQ's reported gamma
 }
 HELDOUT_START = 100_000
-MAIN = ["uniform", "veq", "veq-alloc", "frequency", "mode-pooled"]
+MAIN = ["uniform", "veq", "veq-alloc", "frequency", "mode-pooled", "mode-global"]
 
 
 def balanced_imatrix(stats: ExpertStats) -> Imatrix:

@@ -210,8 +210,8 @@ PLAN_EPILOG = """Examples:
 Writes PLAN.json, PLAN.png (bits per expert beside its text and key-vision frequency) and
 PLAN.imatrix.gguf (the method's importance matrix, which `mode-edge pack` picks up).
 Methods as published: uniform, frequency (MC-MoE), hessian (MoPEQ), veq (VEQ-MA at one type),
-mode (MODE). Our variants: hessian-data (MoPEQ on a data-dependent Hessian), veq-alloc (VEQ-ME's
-importance as an allocator), and the ablations mode-text, mode-pooled, mode-allvision,
+mode (MODE, one ILP per layer). Our variants: mode-global (one ILP over all layers), hessian-data
+(MoPEQ on a data-dependent Hessian), veq-alloc (VEQ-ME's importance as an allocator), and the ablations mode-text, mode-pooled, mode-allvision,
 mode-nosens. docs/methods.md says what each one measures and what is published.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mode_edge.allocate.methods.base import Method
 from mode_edge.allocate.methods.frequency import Frequency
 from mode_edge.allocate.methods.hessian import Hessian, HessianData
-from mode_edge.allocate.methods.mode import Mode, ModeAllVision, ModeNoSens, ModePooled, ModeText
+from mode_edge.allocate.methods.mode import Mode, ModeAllVision, ModeGlobal, ModeNoSens, ModePooled, ModeText
 from mode_edge.allocate.methods.uniform import Uniform
 from mode_edge.allocate.methods.veq import Veq, VeqAlloc
 from mode_edge.errors import UserError
@@ -14,8 +14,8 @@ from mode_edge.errors import UserError
 DEFAULT_METHOD = "mode"
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (
-    Uniform, Frequency, Hessian, HessianData, Veq, VeqAlloc, Mode, ModeText, ModePooled, ModeAllVision,
-    ModeNoSens)}
+    Uniform, Frequency, Hessian, HessianData, Veq, VeqAlloc, Mode, ModeGlobal, ModeText, ModePooled,
+    ModeAllVision, ModeNoSens)}
 
 
 def get_method(name: str) -> Method:

@@ -8,6 +8,7 @@ mode-pooled:     f(e) * d_all(e, b) with f the pooled share over all tokens
 mode-allvision:  like mode, but vision counted over every image token (no denoising)
 mode-nosens:     like mode, but d replaced by the layer's mean error of each type
                  (frequencies only: what the per-expert sensitivity adds)
+mode-global:     ours: mode with one ILP over all layers on exact bytes (no per-layer budget)
 
 All of them solve one ILP per layer (MODE's code does; --global-bits for one over all layers).
 Every one is packed with the plain importance (all routed tokens, unweighted: the diagonal of
@@ -91,3 +92,10 @@ class ModeNoSens(Mode):
             mean = d[seen].mean(axis=0) if seen.any() else np.zeros(d.shape[1])
             out.append(np.where(seen[:, None], mean[None, :], 0.0))
         return out[0], out[1]
+
+
+class ModeGlobal(Mode):
+    name = "mode-global"
+    summary = "ours: mode with one ILP over all layers (no per-layer budget)"
+    published = False
+    per_layer = False
