@@ -1,6 +1,6 @@
 """Facts about llama.cpp's storage types that every stage shares.
 
-Sizes come from gguf-py's GGML_QUANT_SIZES. The candidate ladder is DESIGN.md's; a tensor
+Sizes come from gguf-py's GGML_QUANT_SIZES. The candidate ladder is docs/design.md's; a tensor
 whose rows do not fill a type's block falls back the way llama-quantize falls back
 (llama-quant.cpp, tensor_type_fallback), so our files and llama.cpp's agree on types.
 """
@@ -13,7 +13,7 @@ from mode_edge.errors import UserError
 
 T = GGMLQuantizationType
 
-# DESIGN.md's candidate ladder, lowest bits first.
+# docs/design.md's candidate ladder, lowest bits first.
 LADDER: tuple[GGMLQuantizationType, ...] = (
     T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.Q2_K, T.IQ3_XXS, T.Q3_K, T.IQ4_XS, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_0,
 )

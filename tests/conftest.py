@@ -102,3 +102,15 @@ def demo_out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
     assert cli(["convert", str(DEMO), "--budget", "7MB", "-o", str(out), "-q"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def rendered(tiny_models, calibration_data):
+    """(calibration adapter, every calibration sample rendered) of the tiny model."""
+    from mode_edge.calibrate.data import load_image, read_samples
+    from mode_edge.checkpoint import Checkpoint
+    from mode_edge_converters import converter_for
+
+    cal = converter_for(Checkpoint(tiny_models["transformers"])).calibration()
+    samples = read_samples(calibration_data, 128, 0)
+    return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]

@@ -27,6 +27,18 @@ QUESTION, ANSWER = "Which is bigger, the yellow or the green shape?", "green"   
 FAST = dict(types=["Q2_K", "Q3_K", "Q4_K", "Q6_K"], probes=4)
 
 
+def hf_inputs(r, image_token_id: int) -> dict:
+    """transformers' forward arguments for one rendered calibration sample."""
+    import torch
+
+    ids = torch.from_numpy(r.input_ids)[None]
+    kw = {"input_ids": ids}
+    if r.pixel_values is not None:
+        kw.update(pixel_values=torch.from_numpy(r.pixel_values), image_grid_thw=torch.from_numpy(r.image_grid_thw),
+                  mm_token_type_ids=(ids == image_token_id).int())
+    return kw
+
+
 def make_data(folder, n_images: int = 4, size=(128, 96), seed: int = 0, text_only: int = 1):
     """Shapes on a plain background, and a question after each image."""
     rng = np.random.default_rng(seed)

@@ -14,7 +14,6 @@ from mode_edge.allocate.allocator import AllocOptions, allocate, method_importan
 from mode_edge.allocate.budget import Budget
 from mode_edge.allocate.methods import get_method
 from mode_edge.allocate.methods.base import Context
-from mode_edge.calibrate.data import load_image, read_samples
 from mode_edge.calibrate.gamma import measure_gamma
 from mode_edge.checkpoint import Checkpoint
 from mode_edge.errors import UserError
@@ -25,6 +24,7 @@ from mode_edge.signals.recorder import LayerRecorder
 from mode_edge.signals.sensitivity import expert_forward, norm_hessian_trace, stored
 from mode_edge.signals.stats import KEY, RED, S_ALL, TEXT, ExpertStats
 from mode_edge_converters import converter_for
+from tests.helpers import hf_inputs
 
 T = GGMLQuantizationType
 
@@ -39,21 +39,6 @@ def stats(tiny_stats_dir):
     return ExpertStats.load(tiny_stats_dir)
 
 
-@pytest.fixture(scope="module")
-def rendered(model_dir, calibration_data):
-    cal = converter_for(Checkpoint(model_dir)).calibration()
-    return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in read_samples(calibration_data, 128, 0)]
-
-
-def _hf_inputs(r, image_token_id: int) -> dict:
-    ids = torch.from_numpy(r.input_ids)[None]
-    kw = {"input_ids": ids}
-    if r.pixel_values is not None:
-        kw.update(pixel_values=torch.from_numpy(r.pixel_values), image_grid_thw=torch.from_numpy(r.image_grid_thw),
-                  mm_token_type_ids=(ids == image_token_id).int())
-    return kw
-
-
 # -- MC-MoE: the router's probabilities before renormalisation, alpha and beta ------------------
 
 
@@ -64,7 +49,7 @@ def test_probability_sums_are_transformers_softmax_before_renormalisation(stats,
     renorm = np.zeros_like(expected)
     for r in rs:
         with torch.no_grad():
-            out = model(**_hf_inputs(r, cal.image_token_id), output_router_logits=True)
+            out = model(**hf_inputs(r, cal.image_token_id), output_router_logits=True)
         is_img = torch.from_numpy(r.input_ids == cal.image_token_id)
         for il, logits in enumerate(out.router_logits):
             p = torch.softmax(logits.double(), -1)
@@ -200,7 +185,7 @@ def test_gamma_equals_full_model_autograd(rendered, hf_models):
 
         h = lm.register_forward_pre_hook(pre, with_kwargs=True)
         try:
-            logits = model(**_hf_inputs(r, cal.image_token_id)).logits[0, -1:].float()
+            logits = model(**hf_inputs(r, cal.image_token_id)).logits[0, -1:].float()
         finally:
             h.remove()
         loss = torch.nn.functional.cross_entropy(logits, logits.argmax(-1))

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from mode_edge.calibrate.data import load_image, read_samples
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
 from mode_edge.checkpoint import Checkpoint
 from mode_edge.signals.keytokens import key_scores, query_positions
-from mode_edge.signals.recorder import KEY, RED, TEXT
+from mode_edge.signals.stats import KEY, RED, TEXT
 from mode_edge.signals.stats import ExpertStats
 from mode_edge_converters import converter_for
-from tests.helpers import FAST, make_data
+from tests.helpers import FAST, hf_inputs, make_data
 
 @pytest.fixture(scope="module")
 def data_dir(calibration_data):
@@ -34,22 +33,6 @@ def stats(tiny_stats_dir):
     return ExpertStats.load(tiny_stats_dir), tiny_stats_dir
 
 
-@pytest.fixture(scope="module")
-def rendered(model_dir, data_dir):
-    cal = converter_for(Checkpoint(model_dir)).calibration()
-    samples = read_samples(data_dir, 128, 0)
-    return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]
-
-
-def _hf_inputs(r, image_token_id: int):
-    ids = torch.from_numpy(r.input_ids)[None]
-    kw = {"input_ids": ids}
-    if r.pixel_values is not None:
-        kw.update(pixel_values=torch.from_numpy(r.pixel_values), image_grid_thw=torch.from_numpy(r.image_grid_thw),
-                  mm_token_type_ids=(ids == image_token_id).int())
-    return kw
-
-
 def test_streamed_hidden_states_equal_full_forward(rendered, hf_models):
     """Same modules, same order: differences can only come from batch-shape-dependent
     kernels, so we allow 1e-5 of the activations' scale."""
@@ -63,7 +46,7 @@ def test_streamed_hidden_states_equal_full_forward(rendered, hf_models):
         hooks.append(lm.norm.register_forward_pre_hook(lambda m, a: seen.append(a[0])))
         try:
             with torch.no_grad():
-                model(**_hf_inputs(r, cal.image_token_id))
+                model(**hf_inputs(r, cal.image_token_id))
         finally:
             for h in hooks:
                 h.remove()
@@ -82,7 +65,7 @@ def test_counts_equal_transformers_router_decisions(stats, rendered, hf_models):
     expected = np.zeros((cal.n_layers, 2, cal.n_experts), dtype=np.int64)  # text, vision
     for r in rs:
         with torch.no_grad():
-            out = model(**_hf_inputs(r, cal.image_token_id), output_router_logits=True)
+            out = model(**hf_inputs(r, cal.image_token_id), output_router_logits=True)
         is_img = torch.from_numpy(r.input_ids == cal.image_token_id)
         for il, logits in enumerate(out.router_logits):
             top = torch.topk(torch.softmax(logits.float(), -1), cal.top_k, dim=-1).indices
@@ -120,7 +103,7 @@ def test_key_token_scores_equal_eager_attention(model_dir, rendered):
     im_start = tok.convert_tokens_to_ids("<|im_start|>")
     r = rs[0]
     with torch.no_grad():
-        attentions = model(**_hf_inputs(r, cal_eager.image_token_id), output_attentions=True).attentions
+        attentions = model(**hf_inputs(r, cal_eager.image_token_id), output_attentions=True).attentions
     ids = torch.from_numpy(r.input_ids)
     image_mask = ids == cal_eager.image_token_id
     queries = query_positions(ids, image_mask, special, newline, im_start)

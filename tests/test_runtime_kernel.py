@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, dequantize
 
-from mode_edge.quantize.ggml_lib import _lib_dir, quantize_rows
+from mode_edge.quantize.ggml_lib import lib_dir, quantize_rows
 from mode_edge.runtime.build import CPU_SKIP, capabilities
 
 T = GGMLQuantizationType
@@ -33,7 +33,7 @@ class _Tensor(ctypes.Structure):
 
 
 def _libs():
-    d = _lib_dir()
+    d = lib_dir()
     base = ctypes.CDLL(str(sorted(d.glob("libggml-base.*"))[0]), mode=ctypes.RTLD_GLOBAL)
     cpu = ctypes.CDLL(str(sorted(d.glob("libggml-cpu.*"))[0]), mode=ctypes.RTLD_GLOBAL)
     p = ctypes.c_void_p

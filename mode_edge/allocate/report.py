@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from mode_edge.allocate.allocator import AllocOptions, Allocation, method_importance
-from mode_edge.allocate.methods.base import KEY, TEXT, normalised
+from mode_edge.allocate.methods.base import normalised
+from mode_edge.signals.stats import KEY, TEXT
 from mode_edge.files import atomic_path
 from mode_edge.quant_types import bits_per_weight, fallback
 from mode_edge.quantize.imatrix import Imatrix

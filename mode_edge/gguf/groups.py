@@ -1,4 +1,4 @@
-"""The expert-group layout (DESIGN.md): one tensor per type inside an MoE expert tensor.
+"""The expert-group layout (docs/design.md): one tensor per type inside an MoE expert tensor.
 
     blk.N.ffn_gate_exps.gK.weight  [n_K, n_out, n_in]  type T_K
     blk.N.ffn_gate_exps.gK.ids     I32 [n_K]           global expert ids, ascending

@@ -21,7 +21,7 @@ _init_lock = threading.Lock()
 _initialised: set[int] = set()
 
 
-def _lib_dir() -> Path:
+def lib_dir() -> Path:
     try:
         import llama_cpp
     except ImportError:
@@ -32,7 +32,7 @@ def _lib_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def lib() -> ctypes.CDLL:
-    d = _lib_dir()
+    d = lib_dir()
     candidates = sorted(d.glob("libggml-base.*")) + sorted(d.glob("ggml-base.*"))
     if not candidates:
         raise UserError(f"libggml-base not found in {d}",

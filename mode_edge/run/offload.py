@@ -33,9 +33,9 @@ class _Override(ctypes.Structure):
 
 
 def _cpu_buffer_type() -> int:
-    from mode_edge.quantize.ggml_lib import _lib_dir
+    from mode_edge.quantize.ggml_lib import lib_dir
 
-    d = _lib_dir()
+    d = lib_dir()
     libs = sorted(d.glob("libggml-cpu.*")) + sorted(d.glob("ggml-cpu.*"))
     if not libs:
         raise RuntimeError(f"libggml-cpu not found in {d}")

@@ -62,7 +62,8 @@ def _image_bytes(url: str, limits: Limits) -> bytes:
                        "send the image as a data: URL")
 
 
-def check_image(url: str, limits: Limits) -> None:
+def check_image(url: str, limits: Limits) -> bytes:
+    """The image's bytes, once its header passed the checks."""
     from PIL import Image, UnidentifiedImageError
 
     data = _image_bytes(url, limits)
@@ -76,6 +77,7 @@ def check_image(url: str, limits: Limits) -> None:
     if w * h > limits.max_image_pixels:
         raise Refusal(413, f"an image is {w}x{h} pixels, above the limit of {limits.max_image_pixels:,} "
                            "(--max-image-pixels)")
+    return data
 
 
 def check_chat_body(body: bytes, limits: Limits) -> bytes:
@@ -96,10 +98,9 @@ def check_chat_body(body: bytes, limits: Limits) -> bytes:
             url = ref.get("url") if isinstance(ref, dict) else ref
             if not isinstance(url, str):
                 raise Refusal(400, "image_url needs a url")
-            check_image(url, limits)
+            data = check_image(url, limits)
             if url.startswith("file:"):
-                data = base64.b64encode(_image_bytes(url, limits)).decode()
-                part["image_url"] = {"url": "data:image/png;base64," + data}
+                part["image_url"] = {"url": "data:image/png;base64," + base64.b64encode(data).decode()}
                 changed = True
     return json.dumps(req).encode() if changed else body
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mode_edge.signals.recorder import KEY, RED, TEXT
+from mode_edge.signals.stats import KEY, RED, TEXT
 from mode_edge.signals.sensitivity import stored
 
 INPUTS = ("attn_in", "o_in")   # what q/k/v read, what o_proj reads

@@ -19,7 +19,7 @@ import torch
 
 from mode_edge.signals.importance import IMPORTANCES, expert_entries
 from mode_edge.signals.sensitivity import expert_forward, expert_sensitivity, hessian_trace, norm_hessian_trace
-from mode_edge.signals.stats import KEY, MODALITIES, RED, TEXT
+from mode_edge.signals.stats import KEY, MODALITIES, TEXT
 
 NORM_PROBES = 100   # MoPEQ's Hutchinson probes for its weight-norm Hessian
 # token caches for sensitivity (per modality) and for the Hessian (all routed tokens)

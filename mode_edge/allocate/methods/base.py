@@ -12,8 +12,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mode_edge.signals.stats import KEY, RED, S_ALL, S_KEY, S_TEXT, TEXT  # noqa: F401  (methods import them here)
-
 AXES = {"all": 0, "gate": 1, "up": 2, "down": 3}
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mode_edge.allocate.methods.base import S_ALL, Context, LayerStats, Method, normalised
+from mode_edge.allocate.methods.base import Context, LayerStats, Method, normalised
+from mode_edge.signals.stats import S_ALL
 
 ALPHA, BETA = 1.0, 1.5
 

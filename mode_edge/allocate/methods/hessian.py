@@ -43,12 +43,10 @@ class Hessian(Method):
     name = "hessian"
     summary = "MoPEQ as published: trace of the Hessian of ||W||_F (no data), k-means classes to types"
     needs_sensitivity = False
-
-    def traces(self, ls: LayerStats) -> np.ndarray:
-        return ls.hessian_norm
+    trace = "hessian_norm"     # the LayerStats field the scores come from
 
     def score(self, ls: LayerStats, proj: int | None, ctx: Context) -> np.ndarray:
-        h = self.traces(ls)
+        h = getattr(ls, self.trace)
         return h.sum(axis=1) if proj is None else h[:, proj]
 
     def assign(self, a: Assignment, ctx: Context) -> np.ndarray | None:
@@ -88,6 +86,4 @@ class HessianData(Hessian):
     name = "hessian-data"
     summary = "ours: MoPEQ's clustering on the data-dependent Hessian trace of the expert's output error"
     published = False
-
-    def traces(self, ls: LayerStats) -> np.ndarray:
-        return ls.hessian
+    trace = "hessian"

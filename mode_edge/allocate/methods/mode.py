@@ -1,4 +1,4 @@
-"""`mode` (DESIGN.md, arXiv 2606.17118) and the ablations that remove one ingredient each.
+"""`mode` (docs/methods.md, arXiv 2606.17118) and the ablations that remove one ingredient each.
 
 mode:            f_t(e) * d_T(e, b) + f_v(e) * d_V(e, b); f normalised per layer and modality,
                  vision counted over the key (attention-selected) image tokens only
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mode_edge.allocate.methods.base import (KEY, RED, S_ALL, S_KEY, S_TEXT, TEXT, Context, LayerStats, Method,
-                                             normalised)
+from mode_edge.allocate.methods.base import Context, LayerStats, Method, normalised
+from mode_edge.signals.stats import KEY, RED, S_ALL, S_KEY, S_TEXT, TEXT
 
 
 class Mode(Method):

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from mode_edge.allocate.methods.base import KEY, RED, S_ALL, TEXT, Context, LayerStats, Method
+from mode_edge.allocate.methods.base import Context, LayerStats, Method
 from mode_edge.allocate.methods.uniform import Uniform
 from mode_edge.signals.importance import GAMMA_REPORTED
+from mode_edge.signals.stats import KEY, RED, S_ALL, TEXT
 
 
 def gamma(options: dict) -> float:
