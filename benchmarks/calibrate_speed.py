@@ -34,9 +34,9 @@ print(dt, m["tokens"]["total"], re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/
 LOAD_ONLY = """
 import re, sys, time
 from pathlib import Path
-from mode_edge.checkpoint import Checkpoint
-from mode_edge_converters import converter_for
-conv = converter_for(Checkpoint(sys.argv[1]))
+from mode_edge.formats.checkpoint import Checkpoint
+from mode_edge.arch import architecture_for
+conv = architecture_for(Checkpoint(sys.argv[1]))
 cal = conv.calibration()
 t = time.perf_counter()
 for il in range(cal.n_layers):
@@ -58,7 +58,7 @@ def run(code: str, *args) -> tuple[float, int, float]:
 def main() -> None:
     from PIL import Image
 
-    from mode_edge.testbed.tiny_qwen3_vl_moe import build_tiny_model
+    from testbed.tiny_qwen3_vl_moe import build_tiny_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=2)
@@ -68,26 +68,44 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="calib-bench-", dir=".") as tmp:
         tmp = Path(tmp)
-        model = build_tiny_model(tmp / "model", n_layers=args.layers, hidden=2048, n_experts=128, top_k=8,
-                                 expert_ff=768, max_shard_size="2GB", layout="published")
+        model = build_tiny_model(
+            tmp / "model",
+            n_layers=args.layers,
+            hidden=2048,
+            n_experts=128,
+            top_k=8,
+            expert_ff=768,
+            max_shard_size="2GB",
+            layout="published",
+        )
         data = tmp / "data"
         (data / "images").mkdir(parents=True)
         lines = []
         for i in range(args.samples):
-            Image.new("RGB", (args.image, args.image), (200 + i % 50, 220, 230)).save(data / "images" / f"{i}.png")
-            lines.append(json.dumps({"image": f"images/{i}.png", "prompt": f"Describe picture {i} in one word."}))
+            Image.new("RGB", (args.image, args.image), (200 + i % 50, 220, 230)).save(
+                data / "images" / f"{i}.png"
+            )
+            lines.append(
+                json.dumps({"image": f"images/{i}.png", "prompt": f"Describe picture {i} in one word."})
+            )
         (data / "prompts.jsonl").write_text("\n".join(lines))
         base_t, _, base_m = run(LOAD_ONLY, model)
         dt, tokens, peak = run(RUN, model, data, tmp / "stats", args.types, args.samples)
     layer_mb = 128 * 3 * 2048 * 768 * 4 / 2**20 + (2048 * 4096 * 2 + 2048 * 512 * 2) * 4 / 2**20
     act_mb = tokens * 2048 * 4 / 2**20
     target = layer_mb + act_mb + 2048
-    print(f"{args.layers} layers x (128 experts, hidden 2048, expert 768, top-8); {args.samples} samples, "
-          f"{tokens} tokens per layer; sensitivity types {args.types}")
-    print(f"{'run':<22} {'seconds':>8} {'tokens/s':>9} {'peak RSS MiB':>13} {'target MiB':>11} {'RSS/target':>11}")
+    print(
+        f"{args.layers} layers x (128 experts, hidden 2048, expert 768, top-8); {args.samples} samples, "
+        f"{tokens} tokens per layer; sensitivity types {args.types}"
+    )
+    print(
+        f"{'run':<22} {'seconds':>8} {'tokens/s':>9} {'peak RSS MiB':>13} {'target MiB':>11} {'RSS/target':>11}"
+    )
     print(f"{'load layers only':<22} {base_t:>8.1f} {'-':>9} {base_m:>13.0f} {'-':>11} {'-':>11}")
-    print(f"{'calibrate (streamed)':<22} {dt:>8.1f} {tokens * args.layers / dt:>9.1f} {peak:>13.0f} "
-          f"{target:>11.0f} {peak / target:>11.2f}")
+    print(
+        f"{'calibrate (streamed)':<22} {dt:>8.1f} {tokens * args.layers / dt:>9.1f} {peak:>13.0f} "
+        f"{target:>11.0f} {peak / target:>11.2f}"
+    )
 
 
 if __name__ == "__main__":

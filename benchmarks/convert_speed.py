@@ -41,13 +41,15 @@ print(dt, re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group
 
 
 def run(code: str, *args: str) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+    ).stdout
     dt, kb = out.split()
     return float(dt), int(kb) / 1024
 
 
 def main() -> None:
-    from mode_edge.testbed.tiny_qwen3_vl_moe import build_tiny_model
+    from testbed.tiny_qwen3_vl_moe import build_tiny_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 8, 16])
@@ -62,12 +64,17 @@ def main() -> None:
             b_t = statistics.median(x[0] for x in base)
             b_m = statistics.median(x[1] for x in base)
             for prec in ("f16", "q8_0"):
-                res = [run(CONVERT, str(model), str(Path(tmp) / f"o{n}-{prec}-{i}"), prec) for i in range(args.repeats)]
+                res = [
+                    run(CONVERT, str(model), str(Path(tmp) / f"o{n}-{prec}-{i}"), prec)
+                    for i in range(args.repeats)
+                ]
                 c_t = statistics.median(x[0] for x in res)
                 c_m = statistics.median(x[1] for x in res)
                 rows.append((n, size, prec, b_t, c_t, c_t / b_t, b_m, c_m))
-    print(f"{'layers':>6} {'ckpt MB':>8} {'prec':>5} {'read s':>7} {'convert s':>9} {'ratio':>6} "
-          f"{'read RSS MB':>11} {'convert RSS MB':>14}")
+    print(
+        f"{'layers':>6} {'ckpt MB':>8} {'prec':>5} {'read s':>7} {'convert s':>9} {'ratio':>6} "
+        f"{'read RSS MB':>11} {'convert RSS MB':>14}"
+    )
     for n, size, prec, b_t, c_t, r, b_m, c_m in rows:
         print(f"{n:>6} {size:>8.1f} {prec:>5} {b_t:>7.2f} {c_t:>9.2f} {r:>6.2f} {b_m:>11.0f} {c_m:>14.0f}")
 

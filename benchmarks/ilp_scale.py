@@ -17,16 +17,18 @@ import time
 import numpy as np
 
 from mode_edge.allocate.ilp import solve
-from mode_edge.quant_types import LADDER, bits_per_weight
+from mode_edge.formats.quant_types import LADDER, bits_per_weight
 
 
 def lp_bound(cost: np.ndarray, sizes: np.ndarray, capacity: int) -> float:
     """The LP relaxation of the multiple-choice knapsack, by its Lagrangian dual (exact for the
     LP: one coupling constraint), bisection on the multiplier."""
     lo, hi = 0.0, float(cost.max() / max(1, sizes.min())) * 10
+
     def value(lam):
         v = cost + lam * sizes
         return float(v.min(1).sum() - lam * capacity)
+
     for _ in range(200):
         m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
         if value(m1) < value(m2):
@@ -57,8 +59,12 @@ def main() -> None:
     bound = lp_bound(cost, sizes, capacity)
     gap = (sol.cost - bound) / abs(bound)
     print(f"items {n:,} x {len(bits)} types = {n * len(bits):,} binaries; budget 3.2 bpw")
-    print(f"{'solver':<10} {'seconds':>8} {'objective':>14} {'LP bound':>14} {'gap':>8} {'bytes used / budget':>20}")
-    print(f"{sol.status:<10} {dt:>8.1f} {sol.cost:>14.6g} {bound:>14.6g} {100 * gap:>7.3f}% {sol.size / capacity:>20.6f}")
+    print(
+        f"{'solver':<10} {'seconds':>8} {'objective':>14} {'LP bound':>14} {'gap':>8} {'bytes used / budget':>20}"
+    )
+    print(
+        f"{sol.status:<10} {dt:>8.1f} {sol.cost:>14.6g} {bound:>14.6g} {100 * gap:>7.3f}% {sol.size / capacity:>20.6f}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 OURS = """
 import re, sys, time
 from gguf import GGMLQuantizationType as T
-from mode_edge.allocate.plan import QuantPlan
+from mode_edge.formats.plan import QuantPlan
 from mode_edge.gguf.export import export_model
 model, out, qtype, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 t = time.perf_counter()
@@ -56,7 +56,7 @@ def main() -> None:
     from gguf import GGUFReader
 
     from mode_edge.gguf.export import export_model
-    from mode_edge.testbed.tiny_qwen3_vl_moe import build_tiny_model
+    from testbed.tiny_qwen3_vl_moe import build_tiny_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=1)
@@ -67,8 +67,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pack-bench-", dir=".") as tmp:
         tmp = Path(tmp)
-        model = build_tiny_model(tmp / "model", n_layers=args.layers, hidden=2048, n_experts=128, top_k=8,
-                                 expert_ff=768, max_shard_size="2GB", layout="published")
+        model = build_tiny_model(
+            tmp / "model",
+            n_layers=args.layers,
+            hidden=2048,
+            n_experts=128,
+            top_k=8,
+            expert_ff=768,
+            max_shard_size="2GB",
+            layout="published",
+        )
         f32 = export_model(model, tmp / "f32", "f32").text_path
         reader = GGUFReader(f32)
         n_params = sum(int(t.n_elements) for t in reader.tensors)
@@ -76,22 +84,33 @@ def main() -> None:
         del reader
         rows = []
         for qtype in args.types:
-            ours = [run(OURS, model, tmp / f"ours-{qtype}-{i}", qtype, args.threads) for i in range(args.repeats)]
-            ref = [run(LLAMA, f32, tmp / f"ref-{qtype}-{i}.gguf", qtype, args.threads) for i in range(args.repeats)]
+            ours = [
+                run(OURS, model, tmp / f"ours-{qtype}-{i}", qtype, args.threads) for i in range(args.repeats)
+            ]
+            ref = [
+                run(LLAMA, f32, tmp / f"ref-{qtype}-{i}.gguf", qtype, args.threads)
+                for i in range(args.repeats)
+            ]
             for i in range(args.repeats):
                 (tmp / f"ref-{qtype}-{i}.gguf").unlink()
             o_t, r_t = statistics.median(x[0] for x in ours), statistics.median(x[0] for x in ref)
             o_m, r_m = statistics.median(x[1] for x in ours), statistics.median(x[1] for x in ref)
             rows.append((qtype, o_t, r_t, o_m, r_m))
 
-    print(f"model: {args.layers} MoE layer(s) x 128 experts, hidden 2048, expert width 768; "
-          f"{n_params / 1e6:.0f} M params; largest tensor {largest_mb:.0f} MiB (F32); {args.threads} threads; "
-          f"median of {args.repeats}")
-    print(f"{'type':<7} {'ours s':>7} {'llama s':>8} {'ours Mp/s':>10} {'llama Mp/s':>11} {'speed vs llama':>15} "
-          f"{'ours RSS MiB':>13} {'llama RSS MiB':>14} {'ours RSS / largest':>19}")
+    print(
+        f"model: {args.layers} MoE layer(s) x 128 experts, hidden 2048, expert width 768; "
+        f"{n_params / 1e6:.0f} M params; largest tensor {largest_mb:.0f} MiB (F32); {args.threads} threads; "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"{'type':<7} {'ours s':>7} {'llama s':>8} {'ours Mp/s':>10} {'llama Mp/s':>11} {'speed vs llama':>15} "
+        f"{'ours RSS MiB':>13} {'llama RSS MiB':>14} {'ours RSS / largest':>19}"
+    )
     for qtype, o_t, r_t, o_m, r_m in rows:
-        print(f"{qtype:<7} {o_t:>7.2f} {r_t:>8.2f} {n_params / o_t / 1e6:>10.1f} {n_params / r_t / 1e6:>11.1f} "
-              f"{r_t / o_t:>14.2f}x {o_m:>13.0f} {r_m:>14.0f} {o_m / largest_mb:>19.2f}")
+        print(
+            f"{qtype:<7} {o_t:>7.2f} {r_t:>8.2f} {n_params / o_t / 1e6:>10.1f} {n_params / r_t / 1e6:>11.1f} "
+            f"{r_t / o_t:>14.2f}x {o_m:>13.0f} {r_m:>14.0f} {o_m / largest_mb:>19.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,32 +42,46 @@ from quality_report import PRESETS, report  # noqa: E402
 from mode_edge.allocate.allocator import AllocOptions, allocate, method_importance  # noqa: E402
 from mode_edge.allocate.budget import Budget  # noqa: E402
 from mode_edge.allocate.methods import DEFAULT_METHOD, METHODS  # noqa: E402
-from mode_edge.allocate.plan import QuantPlan  # noqa: E402
+from mode_edge.allocate.presets import preset_plan  # noqa: E402
+from mode_edge.arch import architecture_for  # noqa: E402
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate  # noqa: E402
-from mode_edge.checkpoint import Checkpoint  # noqa: E402
+from mode_edge.evaluate.tasks import export_split  # noqa: E402
+from mode_edge.formats.checkpoint import Checkpoint  # noqa: E402
+from mode_edge.formats.imatrix import Imatrix, ImatrixEntry  # noqa: E402
+from mode_edge.formats.plan import QuantPlan  # noqa: E402
+from mode_edge.formats.quant_types import LADDER, bits_per_weight, parse_type  # noqa: E402
+from mode_edge.formats.stats import KEY, TEXT, ExpertStats  # noqa: E402
+from mode_edge.formats.tensors import Role  # noqa: E402
 from mode_edge.gguf.export import export_model  # noqa: E402
-from mode_edge.gguf.tensors import Role  # noqa: E402
-from mode_edge.quant_types import LADDER, bits_per_weight, parse_type  # noqa: E402
-from mode_edge.quantize.imatrix import Imatrix, ImatrixEntry  # noqa: E402
-from mode_edge.quantize.presets import preset_plan  # noqa: E402
-from mode_edge.signals.stats import KEY, TEXT, ExpertStats  # noqa: E402
-from mode_edge.testbed.tasks import export_split  # noqa: E402
-from mode_edge_converters import converter_for  # noqa: E402
 
 BUDGETS = {"W3": 3.2, "W2": 2.45, "W1": 2.1}
-METHOD_ROWS = ["uniform", "veq", "veq-alloc", "frequency", "hessian", "hessian-data", "mode", "mode-global",
-               "mode-pooled"]
+METHOD_ROWS = [
+    "uniform",
+    "veq",
+    "veq-alloc",
+    "frequency",
+    "hessian",
+    "hessian-data",
+    "mode",
+    "mode-global",
+    "mode-pooled",
+]
 # name -> (method, AllocOptions overrides, calibration overrides, pack importance override)
 EXPERIMENTS = {
     "mode-pooled+global": ("mode-pooled", {"per_layer": False}, {}, None),
     # measured before mode's default became per layer, so on the global ILP:
     "mode+global+per-projection": ("mode", {"per_layer": False, "split_projections": True}, {}, None),
-    "mode+global+iq-ladder": ("mode", {"per_layer": False, "types": ["IQ2_XXS", "IQ3_XXS", "IQ4_XS"]}, {}, None),
+    "mode+global+iq-ladder": (
+        "mode",
+        {"per_layer": False, "types": ["IQ2_XXS", "IQ3_XXS", "IQ4_XS"]},
+        {},
+        None,
+    ),
     "mode+global+counts512": ("mode", {"per_layer": False}, {"count_samples": 512}, None),
     "mode+global+floor-IQ2_XS": ("mode", {"per_layer": False, "floor": "IQ2_XS"}, {}, None),
     "mode+global+balanced-pack": ("mode", {"per_layer": False}, {}, "balanced"),
     "mode+iq-ladder": ("mode", {"types": ["IQ2_XXS", "IQ3_XXS", "IQ4_XS"]}, {}, None),
-    "veq+gamma22.4": ("veq", {"method_options": {"veq_gamma": 22.4}}, {}, None),   # VEQ's reported gamma
+    "veq+gamma22.4": ("veq", {"method_options": {"veq_gamma": 22.4}}, {}, None),  # VEQ's reported gamma
 }
 HELDOUT_START = 100_000
 MAIN = ["uniform", "veq", "veq-alloc", "frequency", "mode-pooled", "mode-global"]
@@ -104,7 +118,11 @@ class Bench:
         self.args = args
         self.out = args.out
         self.rows_path = self.out / "quality.jsonl"
-        self.rows = [json.loads(x) for x in self.rows_path.read_text().splitlines()] if self.rows_path.is_file() else []
+        self.rows = (
+            [json.loads(x) for x in self.rows_path.read_text().splitlines()]
+            if self.rows_path.is_file()
+            else []
+        )
         self.done = {(r["name"], str(r["seed"]), r.get("split", "bench")) for r in self.rows}
         self.ref_cache: dict = {}
         self.ref: Path | None = None
@@ -122,15 +140,32 @@ class Bench:
     def evaluate(self, text_path: Path, start: int = 0) -> dict:
         from mode_edge.evaluate import evaluate
 
-        r = evaluate(text_path, limit=self.args.limit, reference=self.ref, reference_cache=self.ref_cache, start=start)
+        r = evaluate(
+            text_path, limit=self.args.limit, reference=self.ref, reference_cache=self.ref_cache, start=start
+        )
         fam = {f: r.families.get(f, {}) for f in ("vision", "text")}
-        return {"vision": fam["vision"].get("accuracy"), "text": fam["text"].get("accuracy"), "kl": r.kl_mean,
-                "kl_vision": fam["vision"].get("kl"), "kl_text": fam["text"].get("kl"), "top1": r.top1_agreement}
+        return {
+            "vision": fam["vision"].get("accuracy"),
+            "text": fam["text"].get("accuracy"),
+            "kl": r.kl_mean,
+            "kl_vision": fam["vision"].get("kl"),
+            "kl_text": fam["text"].get("kl"),
+            "top1": r.top1_agreement,
+        }
 
     def file_row(self, name: str, seed, kind: str, text_path: Path, **extra) -> None:
         size = sum(p.stat().st_size for p in text_path.parent.glob("*.gguf") if not p.name.startswith("plan"))
-        self.add({"name": name, "seed": seed, "kind": kind, "bytes": size, "path": str(text_path), **extra,
-                  **self.evaluate(text_path)})
+        self.add(
+            {
+                "name": name,
+                "seed": seed,
+                "kind": kind,
+                "bytes": size,
+                "path": str(text_path),
+                **extra,
+                **self.evaluate(text_path),
+            }
+        )
 
 
 def _calibrated(b: Bench, data: Path, seed: int, extra: dict) -> ExpertStats:
@@ -139,20 +174,38 @@ def _calibrated(b: Bench, data: Path, seed: int, extra: dict) -> ExpertStats:
     return ExpertStats.load(calibrate(b.args.model, data, b.out / f"stats-{seed}{tag}", opts))
 
 
-def _plan_and_pack(b: Bench, stats: ExpertStats, name: str, seed: int, kind: str, size: Budget,
-                   opts: AllocOptions, imatrix: Imatrix | None = None, **extra) -> None:
+def _plan_and_pack(
+    b: Bench,
+    stats: ExpertStats,
+    name: str,
+    seed: int,
+    kind: str,
+    size: Budget,
+    opts: AllocOptions,
+    imatrix: Imatrix | None = None,
+    **extra,
+) -> None:
     if b.has(name, seed):
         return
     try:
         alloc = allocate(stats, b.args.model, size, opts)
-    except Exception as e:   # a budget a method cannot meet is a row, not a crash
+    except Exception as e:  # a budget a method cannot meet is a row, not a crash
         b.add({"name": name, "seed": seed, "kind": kind, "error": str(e)[:120]})
         return
     out = b.out / "files" / f"{name.replace('/', '_').replace('@', '_')}-{seed}"
-    r = export_model(b.args.model, out, None, plan=alloc.plan, label="q",
-                     imatrix=imatrix or method_importance(stats, opts))
-    b.file_row(name, seed, kind, r.text_path, bpw=round(alloc.expert_bpw, 3), method=opts.method,
-               published=alloc.plan.extra.get("published"), **extra)
+    r = export_model(
+        b.args.model, out, None, plan=alloc.plan, label="q", imatrix=imatrix or method_importance(stats, opts)
+    )
+    b.file_row(
+        name,
+        seed,
+        kind,
+        r.text_path,
+        bpw=round(alloc.expert_bpw, 3),
+        method=opts.method,
+        published=alloc.plan.extra.get("published"),
+        **extra,
+    )
 
 
 def run_seed(b: Bench, data: Path, seed: int) -> None:
@@ -161,37 +214,76 @@ def run_seed(b: Bench, data: Path, seed: int) -> None:
     plain = Imatrix.load(b.out / f"stats-{seed}" / "imatrix.gguf")
     for t in ("Q4_K", "Q3_K", "Q2_K"):
         if not b.has(f"all {t}", seed):
-            r = export_model(args.model, b.out / "files" / f"uniform-{t}-{seed}", None,
-                             plan=QuantPlan(method=f"uniform:{t}", default=parse_type(t)), label="q", imatrix=plain)
+            r = export_model(
+                args.model,
+                b.out / "files" / f"uniform-{t}-{seed}",
+                None,
+                plan=QuantPlan(method=f"uniform:{t}", default=parse_type(t)),
+                label="q",
+                imatrix=plain,
+            )
             b.file_row(f"all {t}", seed, "uniform-type", r.text_path, bpw=bits_per_weight(parse_type(t)))
     for budget in args.budgets:
         for method in args.methods:
-            _plan_and_pack(b, stats, f"{method}@{budget}", seed, "method", Budget(bpw=BUDGETS[budget]),
-                           AllocOptions(method=method), budget=budget)
-    conv = converter_for(Checkpoint(args.model))
+            _plan_and_pack(
+                b,
+                stats,
+                f"{method}@{budget}",
+                seed,
+                "method",
+                Budget(bpw=BUDGETS[budget]),
+                AllocOptions(method=method),
+                budget=budget,
+            )
+    conv = architecture_for(Checkpoint(args.model))
     specs = conv.text_tensors()
     for preset in args.presets:
         name = f"preset {preset}"
         if not b.has(name, seed):
-            r = export_model(args.model, b.out / "files" / f"preset-{preset}-{seed}", None,
-                             plan=preset_plan_cached(preset, conv, specs), label="q",
-                             imatrix=plain)
+            r = export_model(
+                args.model,
+                b.out / "files" / f"preset-{preset}-{seed}",
+                None,
+                plan=preset_plan_cached(preset, conv, specs),
+                label="q",
+                imatrix=plain,
+            )
             b.file_row(name, seed, "preset", r.text_path, preset=preset)
         size = next(r["bytes"] for r in b.rows if r["name"] == name and str(r["seed"]) == str(seed))
         types = preset_plan_cached(preset, conv, specs).tensors
         fixed = {s.name: types[s.name] for s in specs if s.role != Role.EXPERT and s.name in types}
-        for tag, opts in (("", AllocOptions(method=DEFAULT_METHOD)),
-                          ("=preset", AllocOptions(method=DEFAULT_METHOD, fixed=fixed))):
-            _plan_and_pack(b, stats, f"{DEFAULT_METHOD}@{preset}{tag}", seed, "at-preset", Budget(bytes=size), opts,
-                           preset=preset, fixed=bool(tag))
+        for tag, opts in (
+            ("", AllocOptions(method=DEFAULT_METHOD)),
+            ("=preset", AllocOptions(method=DEFAULT_METHOD, fixed=fixed)),
+        ):
+            _plan_and_pack(
+                b,
+                stats,
+                f"{DEFAULT_METHOD}@{preset}{tag}",
+                seed,
+                "at-preset",
+                Budget(bytes=size),
+                opts,
+                preset=preset,
+                fixed=bool(tag),
+            )
     for name in args.experiments:
         method, over, cal_over, imp = EXPERIMENTS[name]
         st = _calibrated(b, data, seed, cal_over) if cal_over else stats
         # the two global baselines of the per-layer methods at every budget, the rest at W2
         for budget in args.budgets if name.endswith("+global") else args.experiment_budgets:
             opts = AllocOptions(method=method, **over)
-            _plan_and_pack(b, st, f"{name}@{budget}", seed, "experiment", Budget(bpw=BUDGETS[budget]), opts,
-                           imatrix=balanced_imatrix(st) if imp == "balanced" else None, budget=budget)
+            _plan_and_pack(
+                b,
+                st,
+                f"{name}@{budget}",
+                seed,
+                "experiment",
+                Budget(bpw=BUDGETS[budget]),
+                opts,
+                imatrix=balanced_imatrix(st) if imp == "balanced" else None,
+                budget=budget,
+            )
 
 
 _PRESET_PLANS: dict = {}
@@ -207,10 +299,19 @@ def heldout(b: Bench) -> None:
     """The main rows once more, on test samples far from the benchmark split."""
     names = {f"{m}@{w}" for m in MAIN + [DEFAULT_METHOD] for w in ("W3", "W2")} | {"all Q4_K", "all Q2_K"}
     for r in list(b.rows):
-        if r.get("split", "bench") == "bench" and r["name"] in names and "path" in r \
-                and not b.has(r["name"], r["seed"], "heldout"):
-            b.add({**{k: r[k] for k in ("name", "seed", "kind", "bytes") if k in r}, "split": "heldout",
-                   **b.evaluate(Path(r["path"]), start=HELDOUT_START)})
+        if (
+            r.get("split", "bench") == "bench"
+            and r["name"] in names
+            and "path" in r
+            and not b.has(r["name"], r["seed"], "heldout")
+        ):
+            b.add(
+                {
+                    **{k: r[k] for k in ("name", "seed", "kind", "bytes") if k in r},
+                    "split": "heldout",
+                    **b.evaluate(Path(r["path"]), start=HELDOUT_START),
+                }
+            )
 
 
 def main() -> None:
@@ -225,7 +326,9 @@ def main() -> None:
     ap.add_argument("--presets", nargs="*", default=list(PRESETS))
     ap.add_argument("--experiments", nargs="*", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     ap.add_argument("--experiment-budgets", nargs="+", default=["W2"], choices=list(BUDGETS))
-    ap.add_argument("--heldout", action="store_true", help="also evaluate the main rows on held-out test samples")
+    ap.add_argument(
+        "--heldout", action="store_true", help="also evaluate the main rows on held-out test samples"
+    )
     ap.add_argument("--out", type=Path, default=Path("/tmp/mode-quality"))
     ap.add_argument("--table", action="store_true", help="only print the report of the rows in OUT")
     args = ap.parse_args()
@@ -247,6 +350,7 @@ def main() -> None:
             heldout(b)
         print(f"\n{time.perf_counter() - t0:.0f} s")
     print(report(b.rows, args.out))
+
 
 if __name__ == "__main__":
     main()

@@ -55,9 +55,13 @@ print(n_prompt / min(prefill), 1 / float(np.median(per_token)))
 
 
 def measure(path: Path, threads: int, env: dict | None = None, repack: bool = True) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", RUN, str(path), "512", "128", str(threads), "1" if repack else "0"],
-                         check=True,
-                         capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", RUN, str(path), "512", "128", str(threads), "1" if repack else "0"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    ).stdout.split()
     return float(out[0]), float(out[1])
 
 
@@ -69,50 +73,71 @@ def interleaved(rows: list, threads: int, repeats: int, repack: bool = True) -> 
     out = []
     for i, (name, path, _) in enumerate(rows):
         pre, dec = [r[i][0] for r in runs], [r[i][1] for r in runs]
-        out.append({"name": name, "mb": path.stat().st_size / 1e6,
-                    "prefill": statistics.median(pre), "decode": statistics.median(dec),
-                    "prefill_ratio": statistics.median(r[i][0] / r[0][0] for r in runs),
-                    "decode_ratio": statistics.median(r[i][1] / r[0][1] for r in runs),
-                    "prefill_ratios": [r[i][0] / r[0][0] for r in runs],
-                    "decode_ratios": [r[i][1] / r[0][1] for r in runs]})
+        out.append(
+            {
+                "name": name,
+                "mb": path.stat().st_size / 1e6,
+                "prefill": statistics.median(pre),
+                "decode": statistics.median(dec),
+                "prefill_ratio": statistics.median(r[i][0] / r[0][0] for r in runs),
+                "decode_ratio": statistics.median(r[i][1] / r[0][1] for r in runs),
+                "prefill_ratios": [r[i][0] / r[0][0] for r in runs],
+                "decode_ratios": [r[i][1] / r[0][1] for r in runs],
+            }
+        )
     return out, runs
 
 
 def main() -> None:
     from gguf import GGMLQuantizationType as T
 
-    from mode_edge.allocate.plan import QuantPlan
-    from mode_edge.checkpoint import Checkpoint
+    from mode_edge.arch import architecture_for
+    from mode_edge.formats.checkpoint import Checkpoint
+    from mode_edge.formats.plan import QuantPlan
+    from mode_edge.formats.tensors import Role
     from mode_edge.gguf.export import export_model
-    from mode_edge.gguf.tensors import Role
     from mode_edge.runtime.build import GROUPS, capabilities
-    from mode_edge.testbed.tiny_qwen3_vl_moe import build_tiny_model
-    from mode_edge_converters import converter_for
+    from testbed.tiny_qwen3_vl_moe import build_tiny_model
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=3)   # 2 text layers with 2 deepstack layers trips a llama.cpp assert
+    ap.add_argument(
+        "--layers", type=int, default=3
+    )  # 2 text layers with 2 deepstack layers trips a llama.cpp assert
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-repack", action="store_true",
-                    help="keep weights out of ggml's repacked CPU layouts (use_extra_bufts off), in every row: "
-                         "decoding then runs all expert groups in one op")
+    ap.add_argument(
+        "--no-repack",
+        action="store_true",
+        help="keep weights out of ggml's repacked CPU layouts (use_extra_bufts off), in every row: "
+        "decoding then runs all expert groups in one op",
+    )
     args = ap.parse_args()
     if not capabilities() & GROUPS:
         sys.exit("the installed llama.cpp is stock: run `mode-edge runtime build` first")
     with tempfile.TemporaryDirectory(prefix="mode-edge-rt-") as tmp:
         tmp = Path(tmp)
-        model = build_tiny_model(tmp / "model", n_layers=args.layers, hidden=2048, n_experts=128, top_k=8,
-                                 expert_ff=768, max_shard_size="2GB", layout="published")
-        stock = export_model(model, tmp / "stock", None, plan=QuantPlan(default=T.Q4_K), label="q4_k").text_path
+        model = build_tiny_model(
+            tmp / "model",
+            n_layers=args.layers,
+            hidden=2048,
+            n_experts=128,
+            top_k=8,
+            expert_ff=768,
+            max_shard_size="2GB",
+            layout="published",
+        )
+        stock = export_model(
+            model, tmp / "stock", None, plan=QuantPlan(default=T.Q4_K), label="q4_k"
+        ).text_path
         plan = QuantPlan(default=T.Q4_K, method="alternating")
-        for s in converter_for(Checkpoint(model)).text_tensors():
+        for s in architecture_for(Checkpoint(model)).text_tensors():
             if s.role == Role.EXPERT:
                 plan.tensors[s.name] = [T.Q3_K if e % 2 == 0 else T.Q5_K for e in range(s.n_expert)]
         grouped = export_model(model, tmp / "grouped", None, plan=plan, label="q3k-q5k").text_path
         one_type = {}
-        for t in (T.Q3_K, T.Q5_K):   # the mixed file's kernels without groups
+        for t in (T.Q3_K, T.Q5_K):  # the mixed file's kernels without groups
             p = QuantPlan(default=T.Q4_K, method=f"all-{t.name}")
-            for s in converter_for(Checkpoint(model)).text_tensors():
+            for s in architecture_for(Checkpoint(model)).text_tensors():
                 if s.role == Role.EXPERT:
                     p.tensors[s.name] = t
             one_type[t] = export_model(model, tmp / t.name, None, plan=p, label=t.name.lower()).text_path
@@ -127,30 +152,47 @@ def main() -> None:
             same[n].parent.mkdir()
             regroup(stock, same[n], n_groups=n)
             (same[n].parent / mmproj.name).write_bytes(mmproj.read_bytes())
-        rows = [("stock Q4_K", stock, None), ("groups Q4_K x2, skip", same[2], None),
-                ("groups Q4_K x4, skip", same[4], None), ("groups Q4_K x8, skip", same[8], None),
-                ("groups Q3_K/Q5_K, skip", grouped, None),
-                ("groups Q3_K/Q5_K, fallback", grouped, {"MODE_EDGE_GROUPS_FALLBACK": "1"}),
-                ("stock Q3_K experts", one_type[T.Q3_K], None), ("stock Q5_K experts", one_type[T.Q5_K], None)]
-        print(f"{args.layers} layers x 128 experts (hidden 2048, width 768, top-8); {args.threads} threads; "
-              f"{args.repeats} interleaved rounds; medians, ratios vs stock within each round; "
-              f"{'no repacked weights' if args.no_repack else 'repacked weights where ggml repacks'}")
-        print(f"{'file':<28} {'MB':>8} {'prefill tok/s':>14} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}"
-              "   ratio range (prefill; decode)")
+        rows = [
+            ("stock Q4_K", stock, None),
+            ("groups Q4_K x2, skip", same[2], None),
+            ("groups Q4_K x4, skip", same[4], None),
+            ("groups Q4_K x8, skip", same[8], None),
+            ("groups Q3_K/Q5_K, skip", grouped, None),
+            ("groups Q3_K/Q5_K, fallback", grouped, {"MODE_EDGE_GROUPS_FALLBACK": "1"}),
+            ("stock Q3_K experts", one_type[T.Q3_K], None),
+            ("stock Q5_K experts", one_type[T.Q5_K], None),
+        ]
+        print(
+            f"{args.layers} layers x 128 experts (hidden 2048, width 768, top-8); {args.threads} threads; "
+            f"{args.repeats} interleaved rounds; medians, ratios vs stock within each round; "
+            f"{'no repacked weights' if args.no_repack else 'repacked weights where ggml repacks'}"
+        )
+        print(
+            f"{'file':<28} {'MB':>8} {'prefill tok/s':>14} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}"
+            "   ratio range (prefill; decode)"
+        )
         table, runs = interleaved(rows, args.threads, args.repeats, not args.no_repack)
         for r in table:
-            print(f"{r['name']:<28} {r['mb']:>8.1f} {r['prefill']:>14.1f} {r['prefill_ratio']:>6.3f} "
-                  f"{r['decode']:>13.2f} {r['decode_ratio']:>6.3f}   "
-                  f"{min(r['prefill_ratios']):.3f}-{max(r['prefill_ratios']):.3f}; "
-                  f"{min(r['decode_ratios']):.3f}-{max(r['decode_ratios']):.3f}", flush=True)
+            print(
+                f"{r['name']:<28} {r['mb']:>8.1f} {r['prefill']:>14.1f} {r['prefill_ratio']:>6.3f} "
+                f"{r['decode']:>13.2f} {r['decode_ratio']:>6.3f}   "
+                f"{min(r['prefill_ratios']):.3f}-{max(r['prefill_ratios']):.3f}; "
+                f"{min(r['decode_ratios']):.3f}-{max(r['decode_ratios']):.3f}",
+                flush=True,
+            )
         # the mixed file against its own kernels: half the experts Q3_K, half Q5_K, so without any
         # cost of grouping it would take the mean of the two one-type files' times
-        mix, q3, q5 = (next(i for i, r in enumerate(rows) if r[0] == n) for n in
-                       ("groups Q3_K/Q5_K, skip", "stock Q3_K experts", "stock Q5_K experts"))
+        mix, q3, q5 = (
+            next(i for i, r in enumerate(rows) if r[0] == n)
+            for n in ("groups Q3_K/Q5_K, skip", "stock Q3_K experts", "stock Q5_K experts")
+        )
         for k, what in ((0, "prefill"), (1, "decode")):
             ratios = [r[mix][k] * (1 / r[q3][k] + 1 / r[q5][k]) / 2 for r in runs]
-            print(f"Q3_K/Q5_K groups vs the mean time of stock Q3_K and Q5_K, {what}: "
-                  f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
+            print(
+                f"Q3_K/Q5_K groups vs the mean time of stock Q3_K and Q5_K, {what}: "
+                f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -41,15 +41,20 @@ def _logits(path: Path, out: Path, threads: int, pythonpath: str | None) -> tupl
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", RUN, str(path), str(out), str(threads)], env=env,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN, str(path), str(out), str(threads)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return np.load(out), proc.stdout.strip().splitlines()[-1]
 
 
 def main() -> None:
-    from mode_edge.allocate.plan import QuantPlan
+    from mode_edge.formats.plan import QuantPlan
+    from mode_edge.formats.quant_types import parse_type
     from mode_edge.gguf.export import export_model
-    from mode_edge.quant_types import parse_type
     from mode_edge.runtime.build import build
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,8 +65,20 @@ def main() -> None:
     wheel = build(stock=True, install=False, log=lambda m: None)
     with tempfile.TemporaryDirectory(prefix="mode-edge-stock-") as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp / "stock"),
-                        str(wheel)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(tmp / "stock"),
+                str(wheel),
+            ],
+            check=True,
+        )
         print(f"stock build: {wheel.parent.name}; {a.threads} threads; 64-token prefill + 32 decoded tokens")
         print(f"{'file':<10} {'patched':>8} {'stock':>6} {'logits':>8} {'identical':>10} {'max |diff|':>11}")
         bad = 0
@@ -70,14 +87,21 @@ def main() -> None:
             if t.upper() in ("F32", "F16", "BF16", "Q8_0"):
                 r = export_model(a.model, d, t.lower())
             else:
-                r = export_model(a.model, d, None, plan=QuantPlan(method=f"uniform:{t}", default=parse_type(t)),
-                                 label=t.lower())
+                r = export_model(
+                    a.model,
+                    d,
+                    None,
+                    plan=QuantPlan(method=f"uniform:{t}", default=parse_type(t)),
+                    label=t.lower(),
+                )
             mine, who_a = _logits(r.text_path, tmp / f"{t}-patched.npy", a.threads, None)
             ref, who_b = _logits(r.text_path, tmp / f"{t}-stock.npy", a.threads, str(tmp / "stock"))
             same = mine.shape == ref.shape and np.array_equal(mine.view(np.uint32), ref.view(np.uint32))
             bad += not same
-            print(f"{t:<10} {who_a:>8} {who_b:>6} {mine.size:>8} {'yes' if same else 'NO':>10} "
-                  f"{float(np.abs(mine - ref).max()):>11.3g}")
+            print(
+                f"{t:<10} {who_a:>8} {who_b:>6} {mine.size:>8} {'yes' if same else 'NO':>10} "
+                f"{float(np.abs(mine - ref).max()):>11.3g}"
+            )
     sys.exit(1 if bad else 0)
 
 

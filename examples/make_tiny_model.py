@@ -9,14 +9,18 @@ deepstack vision tower, Qwen tokenizer format) so every stage runs on it for rea
 import argparse
 from pathlib import Path
 
-from mode_edge.testbed.tiny_qwen3_vl_moe import LAYOUTS, build_tiny_model
+from testbed.tiny_qwen3_vl_moe import LAYOUTS, build_tiny_model
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--layout", choices=LAYOUTS, default="published",
-                    help="expert weight layout on disk (default: as Qwen publishes it)")
+    ap.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="published",
+        help="expert weight layout on disk (default: as Qwen publishes it)",
+    )
     args = ap.parse_args()
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         raise SystemExit(f"{args.out_dir} is not empty; pick a new folder")

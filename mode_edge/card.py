@@ -17,10 +17,10 @@ from mode_edge.files import atomic_path, write_json_atomic
 
 CARD = "README.md"
 EVAL_FILE = "eval.json"
-SOURCE_FILE = "card.json"   # what the card was made from, so `eval` can rewrite it
+SOURCE_FILE = "card.json"  # what the card was made from, so `eval` can rewrite it
 
 
-ARGV: list[str] | None = None   # set by the CLI's main (in-process callers pass their own argv)
+ARGV: list[str] | None = None  # set by the CLI's main (in-process callers pass their own argv)
 
 
 def command_line() -> str:
@@ -32,24 +32,46 @@ def _yaml_list(items: list[str]) -> str:
 
 
 def write_card(out_dir: Path, text_path: Path, mmproj_path: Path, model_dir: Path, command: str) -> Path:
-    from mode_edge.gguf.inspect import summarize
+    from mode_edge.gguf import summarize
 
     out_dir = Path(out_dir)
     text, mm = summarize(text_path), summarize(mmproj_path)
     report = _read_json(out_dir / "report.json")
     grouped = bool(text.get("expert_groups"))
     base = Path(model_dir).resolve().name
-    quant = report.get("method") and f"{report['method']} at {report['budget']}" or \
-        ", ".join(list(text["types"])[:3])
-    tags = ["gguf", "mode-edge", "mixture-of-experts", "image-text-to-text", "llama.cpp",
-            *(["mixed-precision-experts"] if grouped else [])]
-    lines = ["---", f"base_model: {base}", "tags:", _yaml_list(tags), f"quantization: {json.dumps(quant)}",
-             "library_name: gguf", "---", "", f"# {base} — GGUF by mode-edge ({quant})", ""]
+    quant = (
+        report.get("method")
+        and f"{report['method']} at {report['budget']}"
+        or ", ".join(list(text["types"])[:3])
+    )
+    tags = [
+        "gguf",
+        "mode-edge",
+        "mixture-of-experts",
+        "image-text-to-text",
+        "llama.cpp",
+        *(["mixed-precision-experts"] if grouped else []),
+    ]
+    lines = [
+        "---",
+        f"base_model: {base}",
+        "tags:",
+        _yaml_list(tags),
+        f"quantization: {json.dumps(quant)}",
+        "library_name: gguf",
+        "---",
+        "",
+        f"# {base} — GGUF by mode-edge ({quant})",
+        "",
+    ]
     if report:
-        lines += [f"{report['routed_expert_bpw']:.3f} bits per routed-expert weight, {report['total_bytes']:,} bytes "
-                  f"in both files; method `{report['method']}` ({report.get('importance') or 'plain'} importance). "
-                  "Details: [report.md](report.md), [report.json](report.json), the plan: [plan.json](plan.json), "
-                  "[plan.png](plan.png).", ""]
+        lines += [
+            f"{report['routed_expert_bpw']:.3f} bits per routed-expert weight, {report['total_bytes']:,} bytes "
+            f"in both files; method `{report['method']}` ({report.get('importance') or 'plain'} importance). "
+            "Details: [report.md](report.md), [report.json](report.json), the plan: [plan.json](plan.json), "
+            "[plan.png](plan.png).",
+            "",
+        ]
     lines += ["## Files", "", "| file | bytes | types |", "|---|---:|---|"]
     for info in (text, mm):
         types = ", ".join(f"{k} ×{v['tensors']}" for k, v in info["types"].items())
@@ -58,34 +80,69 @@ def write_card(out_dir: Path, text_path: Path, mmproj_path: Path, model_dir: Pat
         lines += ["", "Routed experts per type:", "", "| tensor | experts by type |", "|---|---|"]
         for name, counts in text["experts"].items():
             lines.append(f"| `{name}` | " + ", ".join(f"{t} ×{n}" for t, n in sorted(counts.items())) + " |")
-    lines += ["", "## Made with", "", "```bash", command, "```", "",
-              "## Run it", "", "```bash", f"mode-edge chat {out_dir.name}/ --image photo.jpg",
-              f"mode-edge serve {out_dir.name}/      # OpenAI-compatible API on http://127.0.0.1:8080/v1",
-              "```", ""]
+    lines += [
+        "",
+        "## Made with",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "## Run it",
+        "",
+        "```bash",
+        f"mode-edge chat {out_dir.name}/ --image photo.jpg",
+        f"mode-edge serve {out_dir.name}/      # OpenAI-compatible API on http://127.0.0.1:8080/v1",
+        "```",
+        "",
+    ]
     if grouped:
-        lines += ["The experts of one tensor have different types (mode-edge's expert groups, "
-                  "`mode_edge.expert_groups` in the header): the file runs in mode-edge's patched llama.cpp "
-                  "(`mode-edge runtime build`), not in a stock llama.cpp. `--granularity tensor` files run anywhere.",
-                  ""]
+        lines += [
+            "The experts of one tensor have different types (mode-edge's expert groups, "
+            "`mode_edge.expert_groups` in the header): the file runs in mode-edge's patched llama.cpp "
+            "(`mode-edge runtime build`), not in a stock llama.cpp. `--granularity tensor` files run anywhere.",
+            "",
+        ]
     else:
-        lines += ["One type per tensor: a stock GGUF that any llama.cpp with this architecture runs "
-                  f"(`llama-mtmd-cli -m {text_path.name} --mmproj {mmproj_path.name}`).", ""]
+        lines += [
+            "One type per tensor: a stock GGUF that any llama.cpp with this architecture runs "
+            f"(`llama-mtmd-cli -m {text_path.name} --mmproj {mmproj_path.name}`).",
+            "",
+        ]
     ev = _read_json(out_dir / EVAL_FILE)
     if ev:
-        lines += ["## Measured quality", "", f"`mode-edge eval` on {ev['samples']} samples of `{ev['tasks']}`"
-                  + (f", KL against `{Path(ev['reference']).name}`" if ev.get("reference") else "") + ":", "",
-                  "| family | samples | exact match | KL (nats/token) |", "|---|---:|---:|---:|"]
+        lines += [
+            "## Measured quality",
+            "",
+            f"`mode-edge eval` on {ev['samples']} samples of `{ev['tasks']}`"
+            + (f", KL against `{Path(ev['reference']).name}`" if ev.get("reference") else "")
+            + ":",
+            "",
+            "| family | samples | exact match | KL (nats/token) |",
+            "|---|---:|---:|---:|",
+        ]
         for fam, d in ev["families"].items():
             kl = f"{d['kl']:.2e}" if d.get("kl") is not None else "—"
             lines.append(f"| {fam} | {d['n']} | {100 * d['accuracy']:.1f}% | {kl} |")
         lines.append("")
     else:
-        lines += ["Quality not measured yet: `mode-edge eval " + f"{out_dir.name}/ --reference F32.gguf` adds it here.", ""]
+        lines += [
+            "Quality not measured yet: `mode-edge eval "
+            + f"{out_dir.name}/ --reference F32.gguf` adds it here.",
+            "",
+        ]
     path = out_dir / CARD
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
-    write_json_atomic(out_dir / SOURCE_FILE, {"text": Path(text_path).name, "mmproj": Path(mmproj_path).name,
-                                              "model_dir": str(Path(model_dir).resolve()), "command": command})
+    write_json_atomic(
+        out_dir / SOURCE_FILE,
+        {
+            "text": Path(text_path).name,
+            "mmproj": Path(mmproj_path).name,
+            "model_dir": str(Path(model_dir).resolve()),
+            "command": command,
+        },
+    )
     return path
 
 
@@ -96,8 +153,13 @@ def record_eval(out_dir: Path, result: dict) -> Path | None:
         return None
     keep = {k: result[k] for k in ("tasks", "samples", "reference", "families", "kl_mean", "top1_agreement")}
     write_json_atomic(Path(out_dir) / EVAL_FILE, keep)
-    return write_card(out_dir, Path(out_dir) / src["text"], Path(out_dir) / src["mmproj"], Path(src["model_dir"]),
-                      src["command"])
+    return write_card(
+        out_dir,
+        Path(out_dir) / src["text"],
+        Path(out_dir) / src["mmproj"],
+        Path(src["model_dir"]),
+        src["command"],
+    )
 
 
 def _read_json(path: Path) -> dict:

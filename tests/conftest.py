@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mode_edge.testbed.tiny_qwen3_vl_moe import build_tiny_model, relayout_experts
+from testbed.tiny_qwen3_vl_moe import build_tiny_model, relayout_experts
 
 # "published_square": hidden == 2 * moe_intermediate, so gate_up_proj is square and only
 # down_proj's shape tells the published layout from transformers' own.
@@ -58,7 +58,8 @@ def hf_models(tiny_models):
         src = "square_reference" if case == "published_square" else "transformers"
         if src not in cache:
             cache[src] = Qwen3VLMoeForConditionalGeneration.from_pretrained(
-                tiny_models[src], dtype=torch.float32).eval()
+                tiny_models[src], dtype=torch.float32
+            ).eval()
         return cache[src]
 
     return get
@@ -107,10 +108,10 @@ def demo_out(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def rendered(tiny_models, calibration_data):
     """(calibration adapter, every calibration sample rendered) of the tiny model."""
-    from mode_edge.calibrate.data import load_image, read_samples
-    from mode_edge.checkpoint import Checkpoint
-    from mode_edge_converters import converter_for
+    from mode_edge.arch import architecture_for
+    from mode_edge.formats.checkpoint import Checkpoint
+    from mode_edge.formats.samples import load_image, read_samples
 
-    cal = converter_for(Checkpoint(tiny_models["transformers"])).calibration()
+    cal = architecture_for(Checkpoint(tiny_models["transformers"])).calibration()
     samples = read_samples(calibration_data, 128, 0)
     return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, dequantize
 
-from mode_edge.gguf.groups import GROUPS_KEY, GROUPS_VERSION, group_tensor_names
+from mode_edge.formats.groups import GROUPS_KEY, GROUPS_VERSION, group_tensor_names
 
 T = GGMLQuantizationType
 
@@ -36,8 +36,13 @@ def _raw(t) -> np.ndarray:
     return np.ascontiguousarray(t.data)
 
 
-def regroup(src: Path, dst: Path, groups: dict[str, list[int]] | None = None, n_groups: int = 3,
-            types: dict[str, list[T]] | None = None) -> None:
+def regroup(
+    src: Path,
+    dst: Path,
+    groups: dict[str, list[int]] | None = None,
+    n_groups: int = 3,
+    types: dict[str, list[T]] | None = None,
+) -> None:
     """Split every expert tensor of a stock file into expert groups. groups[name][e] is the group
     of expert e (default: e % n_groups, interleaved). Bytes per expert are copied unchanged, unless
     types[name] gives each expert a type, in which case the expert is dequantized and requantized."""
@@ -54,7 +59,7 @@ def regroup(src: Path, dst: Path, groups: dict[str, list[int]] | None = None, n_
             continue
         E = shape[0]
         assign = (groups or {}).get(t.name) or [e % n_groups for e in range(E)]
-        raw = _raw(t)                                   # [E, rows, row bytes or elements]
+        raw = _raw(t)  # [E, rows, row bytes or elements]
         want = (types or {}).get(t.name)
         for k in sorted(set(assign)):
             ids = [e for e in range(E) if assign[e] == k]

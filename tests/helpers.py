@@ -22,7 +22,7 @@ def cli(args: list[str]) -> int:
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo-model"
 PICTURE = ROOT / "examples" / "images" / "shapes.png"
-QUESTION, ANSWER = "Which is bigger, the yellow or the green shape?", "green"   # the README's
+QUESTION, ANSWER = "Which is bigger, the yellow or the green shape?", "green"  # the README's
 
 FAST = dict(types=["Q2_K", "Q3_K", "Q4_K", "Q6_K"], probes=4)
 
@@ -34,8 +34,11 @@ def hf_inputs(r, image_token_id: int) -> dict:
     ids = torch.from_numpy(r.input_ids)[None]
     kw = {"input_ids": ids}
     if r.pixel_values is not None:
-        kw.update(pixel_values=torch.from_numpy(r.pixel_values), image_grid_thw=torch.from_numpy(r.image_grid_thw),
-                  mm_token_type_ids=(ids == image_token_id).int())
+        kw.update(
+            pixel_values=torch.from_numpy(r.pixel_values),
+            image_grid_thw=torch.from_numpy(r.image_grid_thw),
+            mm_token_type_ids=(ids == image_token_id).int(),
+        )
     return kw
 
 

@@ -62,8 +62,16 @@ def test_infeasible_budget_names_the_smallest_size():
         solve(np.ones((2, 2)), sizes, 39)
 
 
-@pytest.mark.parametrize("text,expected", [("12GB", 12 * 10**9), ("12GiB", 12 * 2**30), ("1.5 gb", 1_500_000_000),
-                                           ("800MiB", 800 * 2**20), ("123456", 123456)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("12GB", 12 * 10**9),
+        ("12GiB", 12 * 2**30),
+        ("1.5 gb", 1_500_000_000),
+        ("800MiB", 800 * 2**20),
+        ("123456", 123456),
+    ],
+)
 def test_budget_bytes(text, expected):
     assert parse_budget(text).bytes == expected
 
@@ -82,7 +90,11 @@ def test_lagrangian_is_feasible_and_certifies_a_small_gap():
     rng = np.random.default_rng(3)
     n, bits = 5000, np.array([2.06, 2.625, 3.44, 4.5, 5.5, 6.56, 8.5])
     sizes = np.rint(65536 * bits / 8).astype(np.int64)[None, :].repeat(n, 0)
-    cost = (rng.pareto(1.5, (n, 1)) + 0.01) * np.exp(-1.4 * bits)[None, :] * rng.uniform(0.9, 1.1, (n, len(bits)))
+    cost = (
+        (rng.pareto(1.5, (n, 1)) + 0.01)
+        * np.exp(-1.4 * bits)[None, :]
+        * rng.uniform(0.9, 1.1, (n, len(bits)))
+    )
     capacity = int(n * 65536 * 3.2 / 8)
     sol = lagrangian(cost, sizes, capacity, np.ones(cost.shape, bool))
     assert sol.size <= capacity

@@ -14,16 +14,16 @@ from mode_edge.allocate.allocator import AllocOptions, allocate, method_importan
 from mode_edge.allocate.budget import Budget
 from mode_edge.allocate.methods import get_method
 from mode_edge.allocate.methods.base import Context
+from mode_edge.arch import architecture_for
 from mode_edge.calibrate.gamma import measure_gamma
-from mode_edge.checkpoint import Checkpoint
 from mode_edge.errors import UserError
+from mode_edge.formats.checkpoint import Checkpoint
+from mode_edge.formats.imatrix import Imatrix
+from mode_edge.formats.stats import KEY, RED, S_ALL, TEXT, ExpertStats
 from mode_edge.gguf.export import export_model
-from mode_edge.quantize.imatrix import Imatrix
 from mode_edge.signals.importance import IMPORTANCES, method_imatrix
 from mode_edge.signals.recorder import LayerRecorder
 from mode_edge.signals.sensitivity import expert_forward, norm_hessian_trace, stored
-from mode_edge.signals.stats import KEY, RED, S_ALL, TEXT, ExpertStats
-from mode_edge_converters import converter_for
 from tests.helpers import hf_inputs
 
 T = GGMLQuantizationType
@@ -78,7 +78,7 @@ def test_frequency_cost_is_mc_moe_objective_with_alpha_and_beta(stats):
     eps = rbar[:, None] * np.sqrt(counts[:, None] * ctx.hidden * ls.sensitivity[:, 0, :, S_ALL])
     for alpha, beta in ((1.0, 1.5), (0.5, 3.0)):
         ctx.options = {"alpha": alpha, "beta": beta}
-        want = ((counts / counts.sum()) ** alpha * (probs / probs.sum()) ** beta)[:, None] * eps ** alpha
+        want = ((counts / counts.sum()) ** alpha * (probs / probs.sum()) ** beta)[:, None] * eps**alpha
         np.testing.assert_allclose(method.cost(ls, 0, ctx), want, rtol=1e-12)
     ctx.options = {"alpha": 1.0, "beta": 1.5}
     a = method.cost(ls, 0, ctx)
@@ -91,7 +91,10 @@ def test_frequency_runs_one_ilp_per_block_by_default(stats, model_dir):
     assert alloc.plan.extra["per_layer_bits"] is True
     for layer in np.unique(alloc.items.layer_of):
         sel = alloc.items.layer_of == layer
-        assert 8 * alloc.items.sizes[np.nonzero(sel)[0], alloc.choice[sel]].sum() / alloc.items.params[sel].sum() <= 3.2
+        assert (
+            8 * alloc.items.sizes[np.nonzero(sel)[0], alloc.choice[sel]].sum() / alloc.items.params[sel].sum()
+            <= 3.2
+        )
     g = allocate(stats, model_dir, Budget(bpw=3.2), AllocOptions(method="frequency", per_layer=False))
     assert g.plan.extra["per_layer_bits"] is False
 
@@ -123,7 +126,7 @@ def test_norm_hessian_trace_is_the_published_double_backward_estimator():
 
 
 def test_published_hessian_is_a_function_of_the_weights_alone(stats, model_dir):
-    conv = converter_for(Checkpoint(model_dir))
+    conv = architecture_for(Checkpoint(model_dir))
     for il, d in stats.layers.items():
         specs = {s.name.split(".")[2]: s for s in conv._expert_specs(il)}
         for e in range(d["hessian_norm"].shape[0]):
@@ -153,13 +156,19 @@ def test_veq_is_uniform_packed_with_veq_ma(stats, model_dir, tmp_path):
     budget = Budget(bpw=3.2)
     veq = allocate(stats, model_dir, budget, AllocOptions(method="veq"))
     uni = allocate(stats, model_dir, budget, AllocOptions(method="uniform"))
-    assert veq.plan.tensors == uni.plan.tensors                       # the same types ...
-    assert all(not isinstance(v, list) for v in veq.plan.tensors.values())   # one per tensor
+    assert veq.plan.tensors == uni.plan.tensors  # the same types ...
+    assert all(not isinstance(v, list) for v in veq.plan.tensors.values())  # one per tensor
     assert veq.plan.extra["importance"] == "veq-ma" and uni.plan.extra["importance"] == "plain"
     files = {}
     for name, a in (("veq", veq), ("uniform", uni)):
-        r = export_model(model_dir, tmp_path / name, None, plan=a.plan, label=name,
-                         imatrix=method_importance(stats, AllocOptions(method=name)))
+        r = export_model(
+            model_dir,
+            tmp_path / name,
+            None,
+            plan=a.plan,
+            label=name,
+            imatrix=method_importance(stats, AllocOptions(method=name)),
+        )
         files[name] = {t.name: bytes(t.data.tobytes()) for t in GGUFReader(r.text_path).tensors}
     assert files["veq"].keys() == files["uniform"].keys()
     experts = [n for n in files["veq"] if "_exps" in n]
@@ -204,8 +213,23 @@ def test_stats_record_gamma_and_plan_prints_it(stats, tiny_stats_dir, tmp_path, 
     from tests.helpers import cli
 
     assert stats.manifest["gamma_info"]["source"] == "measured" and stats.manifest["gamma"] > 0
-    assert cli(["plan", "--stats", str(tiny_stats_dir), "--budget", "3.2bpw", "--method", "veq-alloc",
-                "-o", str(tmp_path / "p.json"), "--no-png"]) == 0
+    assert (
+        cli(
+            [
+                "plan",
+                "--stats",
+                str(tiny_stats_dir),
+                "--budget",
+                "3.2bpw",
+                "--method",
+                "veq-alloc",
+                "-o",
+                str(tmp_path / "p.json"),
+                "--no-png",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert f"VEQ gamma {stats.manifest['gamma']:.4g} (measured)" in text and "not a published method" in text
 
@@ -213,9 +237,16 @@ def test_stats_record_gamma_and_plan_prints_it(stats, tiny_stats_dir, tmp_path, 
 def test_veq_alloc_refuses_a_gamma_its_errors_were_not_measured_with(stats, model_dir):
     g = float(stats.manifest["gamma"]) * 2
     with pytest.raises(UserError, match="re-run `mode-edge calibrate --veq-gamma"):
-        allocate(stats, model_dir, Budget(bpw=3.2), AllocOptions(method="veq-alloc", method_options={"veq_gamma": g}))
+        allocate(
+            stats,
+            model_dir,
+            Budget(bpw=3.2),
+            AllocOptions(method="veq-alloc", method_options={"veq_gamma": g}),
+        )
     # veq itself measures nothing: another gamma only changes its importance matrix
-    a = allocate(stats, model_dir, Budget(bpw=3.2), AllocOptions(method="veq", method_options={"veq_gamma": g}))
+    a = allocate(
+        stats, model_dir, Budget(bpw=3.2), AllocOptions(method="veq", method_options={"veq_gamma": g})
+    )
     assert a.plan.extra["veq_gamma"] == g
     m1 = method_importance(stats, AllocOptions(method="veq", method_options={"veq_gamma": g}))
     m0 = method_importance(stats, AllocOptions(method="veq"))
@@ -231,8 +262,14 @@ def test_sensitivity_is_the_error_under_the_importance_pack_writes(tmp_path):
     reads it) and the error on the recorder's cached tokens is exactly the recorded one."""
     g = torch.Generator().manual_seed(0)
     E, H, I, gamma = 3, 256, 256, 7.0
-    ws = [(torch.randn(I, H, generator=g) * 0.05, torch.randn(I, H, generator=g) * 0.05,
-           torch.randn(H, I, generator=g) * 0.05) for _ in range(E)]
+    ws = [
+        (
+            torch.randn(I, H, generator=g) * 0.05,
+            torch.randn(I, H, generator=g) * 0.05,
+            torch.randn(H, I, generator=g) * 0.05,
+        )
+        for _ in range(E)
+    ]
     act = torch.nn.functional.silu
 
     def experts_fn(e):
@@ -241,7 +278,9 @@ def test_sensitivity_is_the_error_under_the_importance_pack_writes(tmp_path):
     rec = LayerRecorder(E, H, I, cap=64, seed=3)
     for _ in range(4):
         x = torch.randn(40, H, generator=g) * torch.linspace(0.1, 3.0, H)
-        idx = torch.stack([torch.randint(0, E, (40,), generator=g), torch.randint(0, E, (40,), generator=g)], 1)
+        idx = torch.stack(
+            [torch.randint(0, E, (40,), generator=g), torch.randint(0, E, (40,), generator=g)], 1
+        )
         w = torch.rand(40, 2, generator=g)
         mod = torch.randint(0, 3, (40,), generator=g)
         rec.add(x, idx, w, mod, experts_fn)
@@ -259,7 +298,9 @@ def test_sensitivity_is_the_error_under_the_importance_pack_writes(tmp_path):
             wg, wu, wd = ws[e]
             ref = expert_forward(x, wg, wu, wd, act)
             for ti, t in enumerate(types):
-                q = expert_forward(x, stored(wg, t, imp_in[e]), stored(wu, t, imp_in[e]), stored(wd, t, imp_mid[e]), act)
+                q = expert_forward(
+                    x, stored(wg, t, imp_in[e]), stored(wu, t, imp_in[e]), stored(wd, t, imp_mid[e]), act
+                )
                 assert float(torch.mean((q - ref) ** 2)) == arrays["sensitivity"][k, e, 0, ti, S_ALL]
     assert not np.array_equal(arrays["sensitivity"][0], arrays["sensitivity"][1])
 
@@ -270,5 +311,7 @@ def test_every_method_prices_with_the_importance_it_packs_with(stats):
     for name in METHODS:
         m = get_method(name)
         assert m.importance in IMPORTANCES, name
-        assert method_importance(stats, AllocOptions(method=name)).datasets[-1] == f"importance:{m.importance}"
+        assert (
+            method_importance(stats, AllocOptions(method=name)).datasets[-1] == f"importance:{m.importance}"
+        )
     assert get_method("mode").importance == "plain" and get_method("veq-alloc").importance == "veq-ma"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from mode_edge.arch import architecture_for
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
-from mode_edge.checkpoint import Checkpoint
+from mode_edge.formats.checkpoint import Checkpoint
+from mode_edge.formats.stats import KEY, RED, TEXT, ExpertStats
 from mode_edge.signals.keytokens import key_scores, query_positions
-from mode_edge.signals.stats import KEY, RED, TEXT
-from mode_edge.signals.stats import ExpertStats
-from mode_edge_converters import converter_for
 from tests.helpers import FAST, hf_inputs, make_data
+
 
 @pytest.fixture(scope="module")
 def data_dir(calibration_data):
@@ -41,8 +41,12 @@ def test_streamed_hidden_states_equal_full_forward(rendered, hf_models):
     lm = model.model.language_model
     for r in rs[:2] + rs[-1:]:  # two image samples and the text-only one
         seen = []
-        hooks = [layer.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0] if a else kw["hidden_states"]),
-                                                 with_kwargs=True) for layer in lm.layers]
+        hooks = [
+            layer.register_forward_pre_hook(
+                lambda m, a, kw: seen.append(a[0] if a else kw["hidden_states"]), with_kwargs=True
+            )
+            for layer in lm.layers
+        ]
         hooks.append(lm.norm.register_forward_pre_hook(lambda m, a: seen.append(a[0])))
         try:
             with torch.no_grad():
@@ -80,7 +84,7 @@ def test_counts_equal_transformers_router_decisions(stats, rendered, hf_models):
 def test_counts_sum_to_tokens_times_top_k(stats):
     st, _ = stats
     m = st.manifest
-    for il, d in st.layers.items():
+    for d in st.layers.values():
         c = d["counts"]
         assert c.sum() == m["tokens"]["total"] * m["top_k"]
         assert c[TEXT].sum() == m["tokens"]["text"] * m["top_k"]
@@ -93,10 +97,11 @@ def test_counts_sum_to_tokens_times_top_k(stats):
 def test_key_token_scores_equal_eager_attention(model_dir, rendered):
     from transformers import Qwen3VLMoeForConditionalGeneration
 
-    cal_eager = converter_for(Checkpoint(model_dir)).calibration(attn_implementation="eager")
+    cal_eager = architecture_for(Checkpoint(model_dir)).calibration(attn_implementation="eager")
     _, rs = rendered
-    model = Qwen3VLMoeForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
-                                                               attn_implementation="eager").eval()
+    model = Qwen3VLMoeForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     special = cal_eager.special_ids()
     tok = cal_eager.tokenizer
     newline = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
@@ -115,7 +120,9 @@ def test_key_token_scores_equal_eager_attention(model_dir, rendered):
         attn = cal_eager.parts(layer)[0]
         seen = {}
         h = attn.register_forward_pre_hook(
-            lambda m, a, kw: seen.update(x=kw["hidden_states"], pe=kw["position_embeddings"]), with_kwargs=True)
+            lambda m, a, kw: seen.update(x=kw["hidden_states"], pe=kw["position_embeddings"]),
+            with_kwargs=True,
+        )
         s["hidden"] = cal_eager.run_layer(layer, il, s)
         h.remove()
         with torch.no_grad():
@@ -136,7 +143,7 @@ def test_vision_dominates_pooled_counts_not_mode_frequencies(model_dir, tmp_path
         c = d["counts"].astype(float)
         text, vision = c[TEXT], c[KEY] + c[RED]
         assert vision.sum() / (text.sum() + vision.sum()) >= 0.9  # pooled: vision drowns text
-        f_t, f_v = text / text.sum(), c[KEY] / c[KEY].sum()      # MODE: each modality sums to 1
+        f_t, f_v = text / text.sum(), c[KEY] / c[KEY].sum()  # MODE: each modality sums to 1
         assert f_t.sum() / (f_t.sum() + f_v.sum()) == pytest.approx(0.5)
 
 
@@ -149,7 +156,7 @@ def test_sensitivity_monotone_in_bits(stats):
         c = d["counts"]
         seen = np.nonzero(c[TEXT] > 0)[0]
         e = int(rng.choice(seen))
-        for k in range(len(st.manifest["importances"])):   # under each importance matrix
+        for k in range(len(st.manifest["importances"])):  # under each importance matrix
             for axis in range(4):  # all projections together, and each alone
                 for cache in (0, 2):  # text tokens, and a sample of all the expert's tokens
                     delta = d["sensitivity"][k, e, axis, order, cache]
@@ -186,9 +193,9 @@ def test_stats_imatrix_feeds_pack(stats, model_dir, tmp_path):
     """calibrate's imatrix.gguf is what pack needs for the IQ2 types."""
     from gguf import GGMLQuantizationType as T
 
-    from mode_edge.allocate.plan import QuantPlan
+    from mode_edge.formats.imatrix import Imatrix
+    from mode_edge.formats.plan import QuantPlan
     from mode_edge.gguf.export import export_model
-    from mode_edge.quantize.imatrix import Imatrix
 
     _, out = stats
     im = Imatrix.load(out / "imatrix.gguf")
@@ -200,8 +207,20 @@ def test_stats_imatrix_feeds_pack(stats, model_dir, tmp_path):
 def test_unreadable_image_error_and_skip_bad(model_dir, tmp_path):
     data = make_data(tmp_path / "bad", n_images=2)
     (data / "images" / "1.png").write_bytes(b"not a png")
-    cmd = [sys.executable, "-m", "mode_edge.cli", "calibrate", str(model_dir), "--data", str(data),
-           "--types", "Q4_K", "--hessian-probes", "0", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mode_edge.cli",
+        "calibrate",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--types",
+        "Q4_K",
+        "--hessian-probes",
+        "0",
+        "-q",
+    ]
     proc = subprocess.run(cmd + ["-o", str(tmp_path / "s1")], capture_output=True, text=True)
     assert proc.returncode == 2 and "1.png" in proc.stderr and "--skip-bad" in proc.stderr
     proc = subprocess.run(cmd + ["-o", str(tmp_path / "s2"), "--skip-bad"], capture_output=True, text=True)
@@ -221,10 +240,12 @@ def test_hessian_jvp_and_hutchinson_against_autodiff_and_exact_trace():
     vs = [torch.randn(w.shape, generator=g) for w in (wg, wu, wd)]
     ours = expert_jvps(x, wg, wu, wd, act, *vs)
     for p, (w, v) in enumerate(zip((wg, wu, wd), vs)):
+
         def f(w_, p=p):
             ws = [wg, wu, wd]
             ws[p] = w_
             return expert_forward(x, *ws, act)
+
         _, ref = torch.func.jvp(f, (w,), (v,))
         torch.testing.assert_close(ours[p], ref, rtol=1e-4, atol=1e-5)
     exact = exact_hessian_trace(wg, wu, wd, act, x)
@@ -233,8 +254,23 @@ def test_hessian_jvp_and_hutchinson_against_autodiff_and_exact_trace():
 
 
 def test_unknown_device_is_refused(model_dir, data_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mode_edge.cli", "calibrate", str(model_dir), "--data", str(data_dir),
-                           "-o", str(tmp_path / "s"), "--device", "tpu"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mode_edge.cli",
+            "calibrate",
+            str(model_dir),
+            "--data",
+            str(data_dir),
+            "-o",
+            str(tmp_path / "s"),
+            "--device",
+            "tpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "unknown device 'tpu'" in proc.stderr
     assert not (tmp_path / "s").exists()
 

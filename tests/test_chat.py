@@ -20,18 +20,38 @@ def image(tmp_path_factory):
 
 def test_one_shot_answer_with_an_image(converted, image, capsys):
     text, _ = converted["transformers"]
-    assert cli(["chat", str(text.parent), "--image", str(image), "--prompt", "What colour is it?",
-                 "--max-tokens", "6", "--threads", "2"]) == 0
-    assert capsys.readouterr().out.strip()      # random weights: some text, streamed to stdout
+    assert (
+        cli(
+            [
+                "chat",
+                str(text.parent),
+                "--image",
+                str(image),
+                "--prompt",
+                "What colour is it?",
+                "--max-tokens",
+                "6",
+                "--threads",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.strip()  # random weights: some text, streamed to stdout
 
 
 def test_interactive_session_with_commands(converted, image):
     text, _ = converted["transformers"]
     script = f"/image {image}\nWhat colour is it?\n/reset\nAnd now?\n/quit\n"
-    proc = subprocess.run([sys.executable, "-m", "mode_edge.cli", "chat", str(text), "--max-tokens", "4",
-                           "--threads", "2"], input=script, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mode_edge.cli", "chat", str(text), "--max-tokens", "4", "--threads", "2"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-1500:]
-    assert proc.stdout.count("\n") >= 2         # two answers
+    assert proc.stdout.count("\n") >= 2  # two answers
 
 
 def test_refusals(converted, image, tmp_path, capsys, monkeypatch):

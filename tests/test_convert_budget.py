@@ -30,11 +30,24 @@ def _budget_between_q2_and_q4(model_dir, tmp_path) -> int:
     return (sizes[0] + sizes[1]) // 2
 
 
-def test_convert_budget_writes_everything_within_budget_and_reuses_stats(model_dir, data_dir, tmp_path, capsys):
+def test_convert_budget_writes_everything_within_budget_and_reuses_stats(
+    model_dir, data_dir, tmp_path, capsys
+):
     budget = _budget_between_q2_and_q4(model_dir, tmp_path)
     out = tmp_path / "out"
-    args = ["convert", str(model_dir), "--budget", str(budget), "--data", str(data_dir), "-o", str(out),
-            "--types", TYPES, "-q"]
+    args = [
+        "convert",
+        str(model_dir),
+        "--budget",
+        str(budget),
+        "--data",
+        str(data_dir),
+        "-o",
+        str(out),
+        "--types",
+        TYPES,
+        "-q",
+    ]
     assert cli(args) == 0
     ggufs = sorted(out.glob("*.gguf"))
     names = {p.name for p in ggufs}
@@ -48,7 +61,7 @@ def test_convert_budget_writes_everything_within_budget_and_reuses_stats(model_d
     assert (out / "stats" / "manifest.json").is_file()
     stamp = (out / "stats" / "expert_stats.safetensors").stat().st_mtime_ns
     capsys.readouterr()
-    assert cli(args) == 0                       # rerun: the statistics are reused, not recomputed
+    assert cli(args) == 0  # rerun: the statistics are reused, not recomputed
     assert "reusing" in capsys.readouterr().err
     assert (out / "stats" / "expert_stats.safetensors").stat().st_mtime_ns == stamp
 
@@ -58,8 +71,26 @@ def test_tensor_granularity_file_runs_in_stock_llama_cpp(model_dir, data_dir, tm
 
     budget = _budget_between_q2_and_q4(model_dir, tmp_path)
     out = tmp_path / "out"
-    assert cli(["convert", str(model_dir), "--budget", str(budget), "--data", str(data_dir), "-o", str(out),
-                 "--types", TYPES, "--granularity", "tensor", "-q"]) == 0
+    assert (
+        cli(
+            [
+                "convert",
+                str(model_dir),
+                "--budget",
+                str(budget),
+                "--data",
+                str(data_dir),
+                "-o",
+                str(out),
+                "--types",
+                TYPES,
+                "--granularity",
+                "tensor",
+                "-q",
+            ]
+        )
+        == 0
+    )
     text = next(p for p in out.glob("*.gguf") if not p.name.startswith(("mmproj-", "plan.")))
     llm = llama_cpp.Llama(str(text), n_ctx=64, n_threads=2, verbose=False, logits_all=True)
     try:
@@ -71,13 +102,46 @@ def test_tensor_granularity_file_runs_in_stock_llama_cpp(model_dir, data_dir, tm
 
 
 def test_convert_budget_errors(model_dir, data_dir, tmp_path, capsys):
-    assert cli(["convert", str(model_dir), "--budget", "1MB", "--data", str(data_dir),
-                 "-o", str(tmp_path / "small"), "--types", TYPES, "-q"]) == 2
+    assert (
+        cli(
+            [
+                "convert",
+                str(model_dir),
+                "--budget",
+                "1MB",
+                "--data",
+                str(data_dir),
+                "-o",
+                str(tmp_path / "small"),
+                "--types",
+                TYPES,
+                "-q",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "at least" in err and not (tmp_path / "small").exists()   # refused before calibrating
+    assert "at least" in err and not (tmp_path / "small").exists()  # refused before calibrating
     assert cli(["convert", str(model_dir), "--budget", "6MB", "-o", str(tmp_path / "nodata"), "-q"]) == 2
     assert "--data" in capsys.readouterr().err and not (tmp_path / "nodata").exists()
-    assert cli(["convert", str(model_dir), "--budget", "6MB", "--type", "Q4_K", "-o", str(tmp_path / "x")]) == 2
-    assert cli(["convert", str(model_dir), "--budget", "6MB", "--method", "magic", "--data", str(data_dir),
-                 "-o", str(tmp_path / "y")]) == 2
+    assert (
+        cli(["convert", str(model_dir), "--budget", "6MB", "--type", "Q4_K", "-o", str(tmp_path / "x")]) == 2
+    )
+    assert (
+        cli(
+            [
+                "convert",
+                str(model_dir),
+                "--budget",
+                "6MB",
+                "--method",
+                "magic",
+                "--data",
+                str(data_dir),
+                "-o",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert "unknown method" in capsys.readouterr().err

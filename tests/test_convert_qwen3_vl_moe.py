@@ -30,8 +30,16 @@ def _llama(path):
     import llama_cpp
 
     # F32 KV cache: llama.cpp's default F16 cache would add its own rounding to the diff
-    return llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, logits_all=True, verbose=False, n_threads=2,
-                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    return llama_cpp.Llama(
+        str(path),
+        n_ctx=512,
+        n_batch=512,
+        logits_all=True,
+        verbose=False,
+        n_threads=2,
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+    )
 
 
 @pytest.mark.parametrize("case", LAYOUT_CASES)

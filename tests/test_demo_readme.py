@@ -8,7 +8,7 @@ import json
 
 from gguf import GGUFReader
 
-from mode_edge.gguf.groups import GROUPS_KEY
+from mode_edge.formats.groups import GROUPS_KEY
 from tests.helpers import ANSWER, PICTURE, QUESTION, cli
 
 BUDGET = 7_000_000  # the README's 7MB: between the demo's uniform Q2_K and Q4_K files
@@ -33,7 +33,7 @@ def test_output_folder_is_a_model_card(demo_out, capsys):
     assert "base_model: demo-model" in front and "  - gguf" in front and "  - mode-edge" in front
     assert "quantization:" in front
     text = next(p for p in demo_out.glob("*.gguf") if not p.name.startswith(("mmproj-", "plan")))
-    assert f"`{text.name}` | {text.stat().st_size:,} |" in card          # sizes as on disk
+    assert f"`{text.name}` | {text.stat().st_size:,} |" in card  # sizes as on disk
     assert "--budget 7MB" in card and "mode-edge serve" in card and "patched llama.cpp" in card
     assert "Quality not measured yet" in card
     assert cli(["eval", str(demo_out), "--limit", "8", "--threads", "2"]) == 0

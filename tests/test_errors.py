@@ -16,8 +16,9 @@ from mode_edge.gguf.export import atomic_outputs
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mode_edge.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mode_edge.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def _assert_clean_failure(proc, out_dir: Path, *needles: str) -> None:
@@ -53,7 +54,9 @@ def test_unsupported_architecture_lists_supported(model_copy, tmp_path):
     cfg["architectures"] = ["LlamaForCausalLM"]
     (model_copy / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "out"
-    _assert_clean_failure(run_cli("convert", model_copy, "-o", out), out, "'llama'", "supported:", "qwen3_vl_moe")
+    _assert_clean_failure(
+        run_cli("convert", model_copy, "-o", out), out, "'llama'", "supported:", "qwen3_vl_moe"
+    )
 
 
 def test_truncated_shard(model_copy, tmp_path):

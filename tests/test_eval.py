@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mode_edge.testbed import tasks
+from mode_edge.evaluate import tasks
 from tests.helpers import cli
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo-model"
@@ -29,12 +29,14 @@ def demo_f32(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_q2k(tmp_path_factory) -> Path:
-    from mode_edge.allocate.plan import QuantPlan
+    from mode_edge.formats.plan import QuantPlan
+    from mode_edge.formats.quant_types import parse_type
     from mode_edge.gguf.export import export_model
-    from mode_edge.quant_types import parse_type
 
     out = tmp_path_factory.mktemp("demo-q2k")
-    export_model(DEMO, out, None, plan=QuantPlan(method="uniform:Q2_K", default=parse_type("Q2_K")), label="q2_k")
+    export_model(
+        DEMO, out, None, plan=QuantPlan(method="uniform:Q2_K", default=parse_type("Q2_K")), label="q2_k"
+    )
     return out
 
 
@@ -42,7 +44,7 @@ def demo_q2k(tmp_path_factory) -> Path:
 def hf_demo():
     from transformers import Qwen3VLMoeForConditionalGeneration
 
-    from mode_edge.testbed.train import Encoder
+    from testbed.train import Encoder
 
     model = Qwen3VLMoeForConditionalGeneration.from_pretrained(DEMO, dtype=torch.float32).eval()
     return model, Encoder.from_dir(DEMO)
@@ -59,11 +61,16 @@ def _hf_greedy(model, enc, ex: tasks.Example, max_new: int = 16) -> str:
     ids = torch.from_numpy(r.input_ids)[None]
     kw = {}
     if r.pixel_values is not None:
-        kw = {"pixel_values": torch.from_numpy(r.pixel_values), "image_grid_thw": torch.from_numpy(r.image_grid_thw)}
+        kw = {
+            "pixel_values": torch.from_numpy(r.pixel_values),
+            "image_grid_thw": torch.from_numpy(r.image_grid_thw),
+        }
     out = []
     for _ in range(max_new):
         with torch.no_grad():
-            logits = model(input_ids=ids, mm_token_type_ids=(ids == enc.image_token_id).int(), **kw).logits[0, -1]
+            logits = model(input_ids=ids, mm_token_type_ids=(ids == enc.image_token_id).int(), **kw).logits[
+                0, -1
+            ]
         t = int(logits.argmax())
         if t == enc.end_id:
             break
@@ -83,8 +90,8 @@ def test_llama_cpp_answers_equal_transformers(demo_f32, hf_demo, capsys):
     # the model card's accuracy (vision 90.4%, text 100% on 520 samples), on a handful
     for fam in ("vision", "text"):
         assert res["families"][fam]["n"] == N // 2
-    assert res["families"]["vision"]["accuracy"] >= 0.6   # 6 of these 8 at commit time
-    assert res["families"]["text"]["accuracy"] >= 0.875   # 8 of 8 at commit time
+    assert res["families"]["vision"]["accuracy"] >= 0.6  # 6 of these 8 at commit time
+    assert res["families"]["text"]["accuracy"] >= 0.875  # 8 of 8 at commit time
     assert sum(t["n"] for t in res["by_task"].values()) == N
 
 
@@ -115,7 +122,7 @@ def test_reference_cache_gives_the_same_kl_without_rerunning_the_reference(demo_
     assert len(cache) == 4
     assert [p["kl"] for p in first.predictions] == [p["kl"] for p in plain.predictions]
     assert [p["kl"] for p in second.predictions] == [p["kl"] for p in plain.predictions]
-    assert loads.count(f32) == 1          # the reference ran for the first call only
+    assert loads.count(f32) == 1  # the reference ran for the first call only
 
 
 def test_table_output(demo_f32, capsys):
@@ -155,14 +162,18 @@ def test_eval_reads_an_exported_folder(demo_f32, tmp_path, capsys):
 
 
 def test_demo_model_routing_is_vision_dominated(hf_demo):
-    from mode_edge.testbed.train import routing_counts, routing_summary
+    from testbed.train import routing_counts, routing_summary
 
     model, enc = hf_demo
     counts = routing_counts(model, enc, tasks.split_examples("calibration", 32))
     tc = model.config.text_config
     assert counts.shape == (tc.num_hidden_layers, tc.num_experts, 2)
-    assert counts.sum() == sum(len(enc.prompt(e).input_ids) for e in tasks.split_examples("calibration", 32)) \
-        * tc.num_hidden_layers * tc.num_experts_per_tok
+    assert (
+        counts.sum()
+        == sum(len(enc.prompt(e).input_ids) for e in tasks.split_examples("calibration", 32))
+        * tc.num_hidden_layers
+        * tc.num_experts_per_tok
+    )
     s = routing_summary(counts)
     assert s["vision_share"] >= 0.8
     assert s["mostly_text_experts"] >= 2
@@ -177,8 +188,14 @@ def test_committed_model_shape():
     assert t.router_aux_loss_coef > 0 and t.output_router_logits
     size = sum(p.stat().st_size for p in DEMO.glob("*.safetensors"))
     assert 0 < size <= 40 * 10**6
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json",
-              "training.json", "README.md"):
+    for f in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "preprocessor_config.json",
+        "training.json",
+        "README.md",
+    ):
         assert (DEMO / f).is_file(), f
     # the model card's accuracy table came from this model
     assert np.isfinite(json.loads((DEMO / "training.json").read_text())["train_seconds"])

@@ -74,9 +74,16 @@ def test_image_prompt_logits_match_transformers(reference, image_inputs, session
     hf_text = "<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * n_img + "<|vision_end|>" + question
     ids = tok(hf_text, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        ref = reference(input_ids=ids, mm_token_type_ids=(ids == reference.config.image_token_id).int(),
-                        pixel_values=image_inputs["pixel_values"],
-                        image_grid_thw=image_inputs["image_grid_thw"]).logits[0, -1].numpy()
+        ref = (
+            reference(
+                input_ids=ids,
+                mm_token_type_ids=(ids == reference.config.image_token_id).int(),
+                pixel_values=image_inputs["pixel_values"],
+                image_grid_thw=image_inputs["image_grid_thw"],
+            )
+            .logits[0, -1]
+            .numpy()
+        )
     # mtmd wraps the image in <|vision_start|> … <|vision_end|> itself
     got = session.last_logits("<|im_start|>user\n" + session.marker + question, [test_image])
     assert np.abs(got - ref).max() <= 2e-3 * float(ref.max() - ref.min())
@@ -91,14 +98,28 @@ def test_chat_handler_answers_with_image(converted, test_image):
     buf = io.BytesIO()
     Image.fromarray(test_image).save(buf, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    llm = llama_cpp.Llama(str(text), n_ctx=512, verbose=False, n_threads=2,
-                          chat_handler=MTMDChatHandler(clip_model_path=str(mmproj), verbose=False))
+    llm = llama_cpp.Llama(
+        str(text),
+        n_ctx=512,
+        verbose=False,
+        n_threads=2,
+        chat_handler=MTMDChatHandler(clip_model_path=str(mmproj), verbose=False),
+    )
     try:
         reply = llm.create_chat_completion(
-            messages=[{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": url}},
-                {"type": "text", "text": "What shape is in the picture?"}]}],
-            max_tokens=8, temperature=0.0, seed=0)
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": "What shape is in the picture?"},
+                    ],
+                }
+            ],
+            max_tokens=8,
+            temperature=0.0,
+            seed=0,
+        )
     finally:
         llm.close()
     usage = reply["usage"]

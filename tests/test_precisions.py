@@ -16,14 +16,18 @@ def precision_files(tiny_models, tmp_path_factory):
     from mode_edge.gguf.export import export_model
 
     out = tmp_path_factory.mktemp("precisions")
-    return {p: export_model(tiny_models["transformers"], out, p).text_path for p in ("f32", "f16", "bf16", "q8_0")}
+    return {
+        p: export_model(tiny_models["transformers"], out, p).text_path for p in ("f32", "f16", "bf16", "q8_0")
+    }
 
 
 def _types(path):
     return {t.name: t.tensor_type for t in GGUFReader(path).tensors}
 
 
-@pytest.mark.parametrize("precision,matrix_type", [("f32", T.F32), ("f16", T.F16), ("bf16", T.BF16), ("q8_0", T.Q8_0)])
+@pytest.mark.parametrize(
+    "precision,matrix_type", [("f32", T.F32), ("f16", T.F16), ("bf16", T.BF16), ("q8_0", T.Q8_0)]
+)
 def test_storage_types(precision_files, precision, matrix_type):
     for name, ttype in _types(precision_files[precision]).items():
         if name.endswith("norm.weight") or ".ffn_gate_inp." in name:
@@ -41,8 +45,9 @@ def test_q8_0_bytes_equal_llama_cpp_quantizer(converted, precision_files, tmp_pa
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.pure = True
     params.nthread = 2
-    rc = llama_cpp.llama_model_quantize(str(converted["transformers"][0]).encode(), str(ref_path).encode(),
-                                        params)
+    rc = llama_cpp.llama_model_quantize(
+        str(converted["transformers"][0]).encode(), str(ref_path).encode(), params
+    )
     assert rc == 0
     ours = {t.name: t for t in GGUFReader(precision_files["q8_0"]).tensors}
     ref = {t.name: t for t in GGUFReader(ref_path).tensors}
@@ -84,8 +89,12 @@ def test_inspect_json_agrees_with_gguf_reader(precision_files):
     import json
 
     path = precision_files["q8_0"]
-    proc = subprocess.run([sys.executable, "-m", "mode_edge.cli", "inspect", str(path), "--json"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mode_edge.cli", "inspect", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info = json.loads(proc.stdout)
     reader = GGUFReader(path)
     assert info["architecture"] == "qwen3vlmoe"

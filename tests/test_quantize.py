@@ -13,12 +13,12 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, dequantize
 
-from mode_edge.allocate.plan import QuantPlan
 from mode_edge.errors import UserError
+from mode_edge.formats.groups import GROUPS_KEY, read_groups
+from mode_edge.formats.imatrix import Imatrix, ImatrixEntry
+from mode_edge.formats.plan import QuantPlan
 from mode_edge.gguf.export import export_model
-from mode_edge.gguf.groups import GROUPS_KEY, read_groups
 from mode_edge.quantize.ggml_lib import quantize_rows
-from mode_edge.quantize.imatrix import Imatrix, ImatrixEntry
 
 PURE_TYPES = [T.Q4_K, T.Q3_K, T.Q2_K, T.IQ4_XS, T.Q8_0]
 
@@ -76,7 +76,10 @@ def _llama_quantize(src, dst, ftype: int, pure: bool, imatrix: Imatrix | None = 
 
 
 def _tensor_bytes(path):
-    return {t.name: (t.tensor_type, np.asarray(t.data).view(np.uint8).reshape(-1)) for t in GGUFReader(path).tensors}
+    return {
+        t.name: (t.tensor_type, np.asarray(t.data).view(np.uint8).reshape(-1))
+        for t in GGUFReader(path).tensors
+    }
 
 
 def _ftype(t: T) -> int:
@@ -88,12 +91,15 @@ def _ftype(t: T) -> int:
 
 @pytest.mark.parametrize("use_imatrix", [False, True], ids=["no-imatrix", "imatrix"])
 @pytest.mark.parametrize("qtype", PURE_TYPES, ids=lambda t: t.name)
-def test_pure_files_byte_identical_to_llama_quantize(qtype, use_imatrix, f32_file, model_dir, imatrix, tmp_path):
+def test_pure_files_byte_identical_to_llama_quantize(
+    qtype, use_imatrix, f32_file, model_dir, imatrix, tmp_path
+):
     im = imatrix if use_imatrix else None
     ref_path = tmp_path / "ref.gguf"
     _llama_quantize(f32_file, ref_path, _ftype(qtype), pure=True, imatrix=im)
-    ours = export_model(model_dir, tmp_path / "ours", None, plan=QuantPlan(default=qtype), label="x",
-                        imatrix=im, n_threads=2).text_path
+    ours = export_model(
+        model_dir, tmp_path / "ours", None, plan=QuantPlan(default=qtype), label="x", imatrix=im, n_threads=2
+    ).text_path
     ref, got = _tensor_bytes(ref_path), _tensor_bytes(ours)
     assert ref.keys() == got.keys()
     n_quant = 0
@@ -110,7 +116,7 @@ def test_preset_plans_match_llama_quantize(preset, f32_file, model_dir, tmp_path
     """Our preset plan (from llama.cpp's dry run) writes the same types and bytes as the real run."""
     import llama_cpp
 
-    from mode_edge.cli import _type_plan
+    from mode_edge.cli.convert import type_plan as _type_plan
 
     ref_path = tmp_path / "ref.gguf"
     _llama_quantize(f32_file, ref_path, getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset}"), pure=False)
@@ -129,18 +135,37 @@ MIXED = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q8_0, T.Q4_K, T.Q2_K, T.Q8_0, T.Q3_K]  # inte
 
 @pytest.fixture(scope="module")
 def mixed_file(model_dir, imatrix, tmp_path_factory):
-    plan = QuantPlan(method="test-mixed", default=T.Q8_0, tensors={
-        "blk.0.ffn_gate_exps.weight": MIXED,
-        "blk.0.ffn_up_exps.weight": MIXED[::-1],
-        "blk.1.ffn_down_exps.weight": [T.IQ2_XS] * 4 + [T.Q4_K] * 4,
-        "blk.2.ffn_up_exps.weight": [T.Q6_K] * 8,  # one type: stays in stock form
-    })
+    plan = QuantPlan(
+        method="test-mixed",
+        default=T.Q8_0,
+        tensors={
+            "blk.0.ffn_gate_exps.weight": MIXED,
+            "blk.0.ffn_up_exps.weight": MIXED[::-1],
+            "blk.1.ffn_down_exps.weight": [T.IQ2_XS] * 4 + [T.Q4_K] * 4,
+            "blk.2.ffn_up_exps.weight": [T.Q6_K] * 8,  # one type: stays in stock form
+        },
+    )
     path = tmp_path_factory.mktemp("mixed") / "plan.json"
     plan.save(path)
     out = tmp_path_factory.mktemp("mixed-out")
-    proc = subprocess.run([sys.executable, "-m", "mode_edge.cli", "pack", str(model_dir), "--plan", str(path),
-                           "--imatrix", str(imatrix_path(imatrix, out)), "-o", str(out), "-q"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mode_edge.cli",
+            "pack",
+            str(model_dir),
+            "--plan",
+            str(path),
+            "--imatrix",
+            str(imatrix_path(imatrix, out)),
+            "-o",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     return next(p for p in out.glob("*.gguf") if not p.name.startswith("mmproj"))
 
@@ -179,7 +204,7 @@ def test_mixed_groups_dequantize_to_per_expert_quantization(mixed_file, f32_file
 
 
 def test_group_types_follow_plan(mixed_file):
-    from mode_edge.gguf.groups import expert_types
+    from mode_edge.formats.groups import expert_types
 
     types = expert_types(GGUFReader(mixed_file))
     assert types["blk.0.ffn_gate_exps.weight"] == MIXED
@@ -189,8 +214,12 @@ def test_group_types_follow_plan(mixed_file):
 
 
 def test_inspect_shows_groups_and_rejects_corrupt_ids(mixed_file, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mode_edge.cli", "inspect", str(mixed_file), "--json"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mode_edge.cli", "inspect", str(mixed_file), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info = json.loads(proc.stdout)
     assert info["experts"]["blk.0.ffn_gate_exps.weight"] == {"Q2_K": 2, "Q3_K": 2, "Q4_K": 2, "Q8_0": 2}
     # corrupt one id so the groups no longer partition 0..7 (an id appears twice)
@@ -200,13 +229,17 @@ def test_inspect_shows_groups_and_rejects_corrupt_ids(mixed_file, tmp_path):
     ids = next(t for t in r.tensors if t.name == "blk.0.ffn_gate_exps.g0.ids")
     offset = int(ids.data_offset)
     raw = bytearray(bad.read_bytes())
-    first = int(np.frombuffer(raw[offset:offset + 4], dtype=np.int32)[0])
+    first = int(np.frombuffer(raw[offset : offset + 4], dtype=np.int32)[0])
     other = (first + 1) % 8
-    raw[offset:offset + 4] = np.int32(other).tobytes() if other not in np.asarray(ids.data) else np.int32(3).tobytes()
+    raw[offset : offset + 4] = (
+        np.int32(other).tobytes() if other not in np.asarray(ids.data) else np.int32(3).tobytes()
+    )
     bad.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="partition|ascending"):
         read_groups(GGUFReader(bad))
-    proc = subprocess.run([sys.executable, "-m", "mode_edge.cli", "inspect", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mode_edge.cli", "inspect", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "corrupt" in proc.stderr
 
 
@@ -261,8 +294,14 @@ def test_fallback_for_rows_not_multiple_of_256_matches_llama(qtype, converted, t
     f32 = converted["published_square"][0]
     ref_path = tmp_path / "ref.gguf"
     _llama_quantize(f32, ref_path, _ftype(qtype), pure=True)
-    ours = export_model(tiny_models["published_square"], tmp_path / "ours", None, plan=QuantPlan(default=qtype),
-                        label="x", n_threads=2).text_path
+    ours = export_model(
+        tiny_models["published_square"],
+        tmp_path / "ours",
+        None,
+        plan=QuantPlan(default=qtype),
+        label="x",
+        n_threads=2,
+    ).text_path
     ref, got = _tensor_bytes(ref_path), _tensor_bytes(ours)
     assert ref["blk.0.ffn_down_exps.weight"][0] != qtype  # a fallback happened
     for name, (rtype, rbytes) in ref.items():
@@ -274,9 +313,16 @@ def test_planned_sizes_equal_written_files(model_dir, mixed_file, imatrix, tmp_p
     """Byte accounting for allocation: computed from shapes and the real header, no data."""
     from mode_edge.gguf.export import planned_sizes
 
-    for plan in (QuantPlan(default=T.Q4_K),
-                 QuantPlan(default=T.Q8_0, tensors={"blk.0.ffn_gate_exps.weight": MIXED,
-                                                    "blk.1.ffn_down_exps.weight": [T.IQ2_XS] * 4 + [T.Q4_K] * 4})):
+    for plan in (
+        QuantPlan(default=T.Q4_K),
+        QuantPlan(
+            default=T.Q8_0,
+            tensors={
+                "blk.0.ffn_gate_exps.weight": MIXED,
+                "blk.1.ffn_down_exps.weight": [T.IQ2_XS] * 4 + [T.Q4_K] * 4,
+            },
+        ),
+    ):
         text, mm = planned_sizes(model_dir, plan, imatrix)
         r = export_model(model_dir, tmp_path / plan.method, None, plan=plan, label="x", imatrix=imatrix)
         assert (text, mm) == (r.text_path.stat().st_size, r.mmproj_path.stat().st_size)

@@ -9,14 +9,16 @@ import pytest
 from mode_edge.errors import UserError
 from mode_edge.runtime.build import _run_with_progress
 
-FAKE_NINJA = "import time\nfor i in range(1, 9):\n    print(f'[{i}/8] Building CXX object ggml/src/x{i}.o', flush=True)\n" \
-             "    time.sleep(0.3)\n"
+FAKE_NINJA = (
+    "import time\nfor i in range(1, 9):\n    print(f'[{i}/8] Building CXX object ggml/src/x{i}.o', flush=True)\n"
+    "    time.sleep(0.3)\n"
+)
 
 
 def test_progress_lines_report_compiled_units():
     said, logged = [], []
     _run_with_progress([sys.executable, "-c", FAKE_NINJA], logged.append, said.append, every=0.5)
-    assert len(logged) == 9                      # the command and every output line (--verbose)
+    assert len(logged) == 9  # the command and every output line (--verbose)
     assert len(said) >= 2 and all(s.startswith("  compiling: ") for s in said)
     done = [int(s.split(": ")[1].split("/")[0]) for s in said]
     assert done == sorted(done) and said[-1].split(", ")[0].endswith("/8 compiled units")
@@ -24,7 +26,10 @@ def test_progress_lines_report_compiled_units():
 
 def test_failure_shows_the_last_lines():
     with pytest.raises(UserError) as e:
-        _run_with_progress([sys.executable, "-c", "print('\\n'.join(map(str, range(100)))); raise SystemExit(3)"],
-                           lambda m: None, lambda m: None)
+        _run_with_progress(
+            [sys.executable, "-c", "print('\\n'.join(map(str, range(100)))); raise SystemExit(3)"],
+            lambda m: None,
+            lambda m: None,
+        )
     msg = e.value.message
-    assert "exit 3" in msg and "\n99" in msg and "\n69" not in msg   # the last 30 lines only
+    assert "exit 3" in msg and "\n99" in msg and "\n69" not in msg  # the last 30 lines only

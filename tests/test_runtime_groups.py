@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 
-from mode_edge.allocate.plan import QuantPlan
+from mode_edge.formats.plan import QuantPlan
 from mode_edge.gguf.export import export_model
 from mode_edge.runtime.build import GROUPS, capabilities
 from tests.gguf_rewrite import degroup_to_f32, regroup
@@ -46,9 +46,22 @@ def logits(path, tmp_path, env=None, steps=False, repack=True, log=None) -> np.n
     MODE_EDGE_GROUPS_FALLBACK once per process). steps: one token per batch, as decoding runs;
     repack=False keeps weights out of ggml's repacked layouts."""
     out = tmp_path / f"logits-{path.stem}-{len(os.listdir(tmp_path))}.npy"
-    proc = subprocess.run([sys.executable, "-c", LOGITS_SCRIPT, str(path), PROMPT, str(out),
-                           "steps" if steps else "batch", "1" if repack else "0"],
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOGITS_SCRIPT,
+            str(path),
+            PROMPT,
+            str(out),
+            "steps" if steps else "batch",
+            "1" if repack else "0",
+        ],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     if log is not None:
         log.append(proc.stderr)
@@ -57,7 +70,9 @@ def logits(path, tmp_path, env=None, steps=False, repack=True, log=None) -> np.n
 
 @pytest.fixture(scope="module", autouse=True)
 def patched_runtime():
-    assert capabilities() & GROUPS, "the installed llama.cpp cannot load expert groups: run `mode-edge runtime build`"
+    assert capabilities() & GROUPS, (
+        "the installed llama.cpp cannot load expert groups: run `mode-edge runtime build`"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +82,20 @@ def stock(tiny_models, tmp_path_factory):
     out = {}
     for t in (T.F32, T.Q4_K):
         plan = QuantPlan(method=f"ref-{t.name}", default=T.F32)
-        from mode_edge.gguf.tensors import Role
-        from mode_edge.checkpoint import Checkpoint
-        from mode_edge_converters import converter_for
+        from mode_edge.arch import architecture_for
+        from mode_edge.formats.checkpoint import Checkpoint
+        from mode_edge.formats.tensors import Role
 
-        for s in converter_for(Checkpoint(model)).text_tensors():
+        for s in architecture_for(Checkpoint(model)).text_tensors():
             if s.role == Role.EXPERT:
                 plan.tensors[s.name] = t
-        out[t.name] = export_model(model, tmp_path_factory.mktemp(f"stock-{t.name}"), None, plan=plan,
-                                   label=t.name.lower()).text_path
+        out[t.name] = export_model(
+            model, tmp_path_factory.mktemp(f"stock-{t.name}"), None, plan=plan, label=t.name.lower()
+        ).text_path
     return out
 
 
-@pytest.mark.parametrize("n_groups", [3, 8])   # one all-groups op, or two chained in place (6 + 2)
+@pytest.mark.parametrize("n_groups", [3, 8])  # one all-groups op, or two chained in place (6 + 2)
 @pytest.mark.parametrize("repack", [True, False], ids=["repacked", "plain"])
 @pytest.mark.parametrize("steps", [False, True], ids=["batch", "token-by-token"])
 def test_same_type_groups_give_the_stock_logits(stock, tmp_path, n_groups, repack, steps):
@@ -92,7 +108,7 @@ def test_same_type_groups_give_the_stock_logits(stock, tmp_path, n_groups, repac
     log: list[str] = []
     ref = logits(stock["Q4_K"], tmp_path, steps=steps, repack=repack, log=log)
     got = logits(grouped, tmp_path, steps=steps, repack=repack, log=log)
-    assert ("CPU_REPACK model buffer" in log[0]) == repack   # the kernels the test means to cover
+    assert ("CPU_REPACK model buffer" in log[0]) == repack  # the kernels the test means to cover
     assert ONE_OP in log[1]
     assert got.shape == ref.shape and np.isfinite(got).all()
     assert np.array_equal(got, ref)
@@ -112,17 +128,18 @@ def mixed(stock, tmp_path_factory):
     d = tmp_path_factory.mktemp("mixed")
     r = GGUFReader(stock["F32"])
     names = [t.name for t in r.tensors if "_exps." in t.name]
-    E = next(int(t.shape[-1]) for t in r.tensors if "_exps." in t.name)   # ggml order: ne[2] = experts
+    E = next(int(t.shape[-1]) for t in r.tensors if "_exps." in t.name)  # ggml order: ne[2] = experts
     types = {n: _mixed_types(E, i) for i, n in enumerate(names)}
     groups = {n: [list(dict.fromkeys(types[n])).index(t) for t in types[n]] for n in names}
     grouped = d / "mixed.gguf"
     regroup(stock["F32"], grouped, groups=groups, types=types)
     ref = d / "mixed-dequantized-f32.gguf"
     degroup_to_f32(grouped, ref)
+
     # the same experts and types in twice as many groups, listed in another order
     def resplit_of(g: list[int]) -> list[int]:
         n = len(set(g))
-        rank = [sum(1 for f in range(e) if g[f] == g[e]) for e in range(len(g))]   # place within its group
+        rank = [sum(1 for f in range(e) if g[f] == g[e]) for e in range(len(g))]  # place within its group
         return [2 * (n - 1 - g[e]) + rank[e] % 2 for e in range(len(g))]
 
     split = {n: resplit_of(g) for n, g in groups.items()}
@@ -154,11 +171,11 @@ def test_decoding_mixed_types_matches_the_dequantized_stock_file(mixed, tmp_path
     assert ONE_OP in log[0]
     span = float(a.max() - a.min())
     diff = np.abs(a - b)
-    assert (diff.max(-1) <= 0.02 * span).mean() >= 0.9   # as in the batch test above
+    assert (diff.max(-1) <= 0.02 * span).mean() >= 0.9  # as in the batch test above
     assert diff.mean() <= 0.005 * span
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.85
     fallback = logits(grouped, tmp_path, steps=True, env={"MODE_EDGE_GROUPS_FALLBACK": "1"})
-    assert np.abs(b - fallback).max() <= 1e-5 * span   # as in test_fallback_path_equals_skip_path
+    assert np.abs(b - fallback).max() <= 1e-5 * span  # as in test_fallback_path_equals_skip_path
 
 
 def test_regrouping_mixed_types_is_exact(mixed, tmp_path):
@@ -200,6 +217,7 @@ def test_malformed_grouped_files_are_refused_at_load(stock, tmp_path, case):
     r = GGUFReader(good)
     w = GGUFWriter(bad, r.fields["general.architecture"].contents())
     from tests.gguf_rewrite import _copy_metadata
+
     _copy_metadata(r, w, drop=set())
     target = "blk.0.ffn_up_exps.g1"
     for t in r.tensors:
@@ -207,20 +225,21 @@ def test_malformed_grouped_files_are_refused_at_load(stock, tmp_path, case):
         if t.name == target + ".ids":
             ids = data.astype(np.int32).copy()
             if case == "repeated":
-                ids[0] = 0                       # expert 0 is already in group 0
+                ids[0] = 0  # expert 0 is already in group 0
             elif case == "out_of_range":
                 ids[-1] = 10_000
             elif case == "wrong_shape":
                 ids = np.concatenate([ids, ids[:1]])
             data = ids
         if case == "missing" and t.name.startswith(target):
-            continue                             # a whole group gone: its experts are in none
+            continue  # a whole group gone: its experts are in none
         w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    proc = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(bad)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 3, (proc.returncode, proc.stderr[-1500:])   # an exception, not a crash
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, str(bad)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-1500:])  # an exception, not a crash
     assert "mode-edge expert groups" in proc.stderr
-

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mode_edge.testbed.tiny_qwen3_vl_moe import build_tiny_model
+from testbed.tiny_qwen3_vl_moe import build_tiny_model
 
 # VmHWM is this process image's own peak; ru_maxrss would also count the parent's
 # resident size at fork time (Linux carries it across exec), hiding any growth.
@@ -22,8 +22,13 @@ print(hwm_kb * 1024, r.text_bytes)
 
 
 def _peak_rss(model_dir, out_dir) -> tuple[int, int]:
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(model_dir), str(out_dir)],
-                          capture_output=True, text=True, timeout=600, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(model_dir), str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     peak, size = proc.stdout.split()
     return int(peak), int(size)
 

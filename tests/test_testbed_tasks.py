@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mode_edge.testbed import tasks
+from mode_edge.evaluate import tasks
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo-model"
 
@@ -36,7 +36,9 @@ def test_family_streams():
     assert all(e.family == "vision" for e in vis) and all(e.family == "text" for e in txt)
     assert {e.task for e in vis} == set(tasks.VISION_TASKS)
     assert {e.task for e in txt} == set(tasks.TEXT_TASKS)
-    assert [_digest(e) for e in vis] == [_digest(tasks.family_example("train", "vision", i)) for i in range(60)]
+    assert [_digest(e) for e in vis] == [
+        _digest(tasks.family_example("train", "vision", i)) for i in range(60)
+    ]
 
 
 def _train_stream(n: int) -> list[tasks.Example]:
@@ -145,7 +147,7 @@ def test_pictures_are_mostly_background():
 
 @pytest.fixture(scope="module")
 def encoder():
-    from mode_edge.testbed.train import Encoder
+    from testbed.train import Encoder
 
     return Encoder.from_dir(DEMO)
 
@@ -171,7 +173,7 @@ def test_vision_tokens_dominate(encoder):
 
 
 def test_export_is_calibration_data(tmp_path):
-    from mode_edge.calibrate.data import load_image, read_samples
+    from mode_edge.formats.samples import load_image, read_samples
 
     d = tasks.export_split(tmp_path / "calib", "calibration", 12)
     samples = read_samples(d, 100, seed=0)
@@ -187,7 +189,7 @@ def test_export_is_calibration_data(tmp_path):
 
 def test_committed_calibration_data_is_the_split():
     """examples/demo-model/calibration is the calibration split's first 128 samples, as exported."""
-    from mode_edge.calibrate.data import load_image
+    from mode_edge.formats.samples import load_image
 
     d = Path(__file__).resolve().parents[1] / "examples" / "demo-model" / "calibration"
     lines = [json.loads(line) for line in (d / "prompts.jsonl").read_text().splitlines()]

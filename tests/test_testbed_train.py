@@ -8,14 +8,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mode_edge.testbed import tasks
-from mode_edge.testbed.train import TrainConfig, train
+from mode_edge.evaluate import tasks
+from testbed.train import TrainConfig, train
 
 
 def _cfg(seed: int = 0, steps: int = 8) -> TrainConfig:
-    return TrainConfig(seed=seed, steps=steps, vision_rows=6, text_rows=2, text_turns=3, lr=3e-3, warmup=2, n_layers=3, n_experts=4,
-                       top_k=2, hidden=256, expert_ff=256, vision_hidden=32, vision_depth=3, image_size=128,
-                       corpus_size=300, eval_every=4, eval_samples=8, save_dtype="float32")
+    return TrainConfig(
+        seed=seed,
+        steps=steps,
+        vision_rows=6,
+        text_rows=2,
+        text_turns=3,
+        lr=3e-3,
+        warmup=2,
+        n_layers=3,
+        n_experts=4,
+        top_k=2,
+        hidden=256,
+        expert_ff=256,
+        vision_hidden=32,
+        vision_depth=3,
+        image_size=128,
+        corpus_size=300,
+        eval_every=4,
+        eval_samples=8,
+        save_dtype="float32",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +82,9 @@ def test_training_is_deterministic(trained, tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     train(tmp_path / "other", _cfg(seed=1, steps=1))
     c = load_file(str(tmp_path / "other" / "model.safetensors"))
-    assert not np.array_equal(a["model.language_model.embed_tokens.weight"],
-                              c["model.language_model.embed_tokens.weight"])
+    assert not np.array_equal(
+        a["model.language_model.embed_tokens.weight"], c["model.language_model.embed_tokens.weight"]
+    )
 
 
 def test_trained_model_converts_and_evaluates(trained, tmp_path):
@@ -86,7 +105,7 @@ def test_grown_vision_tower_computes_the_same_then_trains(trained, tmp_path):
     import torch
     from transformers import Qwen3VLMoeForConditionalGeneration
 
-    from mode_edge.testbed.train import Encoder, grow_vision
+    from testbed.train import Encoder, grow_vision
 
     out, _, _ = trained
     model = Qwen3VLMoeForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
@@ -97,7 +116,10 @@ def test_grown_vision_tower_computes_the_same_then_trains(trained, tmp_path):
         before = model(**inputs).logits
         grow_vision(model, depth=5, ff=128)
         after = model(**inputs).logits
-    assert len(model.model.visual.blocks) == 5 and model.model.visual.blocks[0].mlp.linear_fc1.out_features == 128
+    assert (
+        len(model.model.visual.blocks) == 5
+        and model.model.visual.blocks[0].mlp.linear_fc1.out_features == 128
+    )
     assert torch.equal(before, after)
     model.save_pretrained(tmp_path / "grown")
     for f in out.iterdir():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mode_edge.testbed.tasks import SPLIT_SEEDS, export_split
+from mode_edge.evaluate.tasks import SPLIT_SEEDS, export_split
 
 
 def main() -> None:
@@ -20,17 +20,24 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--split", default="calibration", choices=sorted(SPLIT_SEEDS))
     ap.add_argument("-n", type=int, default=128)
-    ap.add_argument("--picture", type=int, default=None, metavar="I",
-                    help="write only sample I's picture to OUT (a .png) and print its question and answer")
+    ap.add_argument(
+        "--picture",
+        type=int,
+        default=None,
+        metavar="I",
+        help="write only sample I's picture to OUT (a .png) and print its question and answer",
+    )
     a = ap.parse_args()
     if a.picture is not None:
         from PIL import Image
 
-        from mode_edge.testbed.tasks import example
+        from mode_edge.evaluate.tasks import example
 
         ex = example(a.split, a.picture)
         if ex.image is None:
-            raise SystemExit(f"{a.split} sample {a.picture} is a text task ({ex.task}); pick an even index of test")
+            raise SystemExit(
+                f"{a.split} sample {a.picture} is a text task ({ex.task}); pick an even index of test"
+            )
         a.out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(ex.image).save(a.out, optimize=True)
         print(f"wrote {a.out}: {ex.prompt} -> {ex.answer}")

@@ -34,17 +34,18 @@ def main() -> None:
     ap.add_argument("-o", "--output", type=Path)
     a = ap.parse_args()
     if a.card:
-        a.card.write_text(card(json.loads(a.from_.read_text()), [json.loads(p.read_text()) for p in a.training],
-                               a.command) + (a.note.read_text() if a.note else ""))
+        a.card.write_text(
+            card(json.loads(a.from_.read_text()), [json.loads(p.read_text()) for p in a.training], a.command)
+            + (a.note.read_text() if a.note else "")
+        )
         return
 
     import torch
     from transformers import Qwen3VLMoeForConditionalGeneration
 
-    from mode_edge.evaluate import evaluate
+    from mode_edge.evaluate import evaluate, tasks
     from mode_edge.gguf.export import export_model
-    from mode_edge.testbed import tasks
-    from mode_edge.testbed.train import Encoder, evaluate_hf, routing_counts, routing_summary
+    from testbed.train import Encoder, evaluate_hf, routing_counts, routing_summary
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -60,16 +61,33 @@ def main() -> None:
     summary = routing_summary(counts)
     text_share = counts[..., 0] / np.maximum(1, counts.sum(-1))
     report = {
-        "llama_cpp": {"families": lc.families, "by_task": lc.by_task, "seconds": lc_seconds, "samples": lc.samples},
+        "llama_cpp": {
+            "families": lc.families,
+            "by_task": lc.by_task,
+            "seconds": lc_seconds,
+            "samples": lc.samples,
+        },
         "transformers": hf,
-        "routing": {**summary, "counts": counts.tolist(), "text_share": text_share.round(4).tolist(),
-                    "samples": a.calibration},
+        "routing": {
+            **summary,
+            "counts": counts.tolist(),
+            "text_share": text_share.round(4).tolist(),
+            "samples": a.calibration,
+        },
         "safetensors_bytes": sum(p.stat().st_size for p in a.model.glob("*.safetensors")),
     }
     a.output.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("transformers",)}, indent=1))
-    print(json.dumps({"llama_cpp": lc.families, "vision_share": summary["vision_share"],
-                      "mostly_text_experts": summary["mostly_text_experts"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "llama_cpp": lc.families,
+                "vision_share": summary["vision_share"],
+                "mostly_text_experts": summary["mostly_text_experts"],
+            },
+            indent=1,
+        )
+    )
 
 
 def _weights(w: dict | None) -> str:
@@ -81,7 +99,7 @@ def _pct(x: float) -> str:
 
 
 def card(rep: dict, stages: list[dict], commands: list[str]) -> str:
-    from mode_edge.testbed import tasks
+    from mode_edge.evaluate import tasks
 
     c = stages[0]["config"]
     v = stages[-1]["config"]  # the model as trained last (its vision tower may have grown: --grow-vision)
@@ -123,16 +141,20 @@ def card(rep: dict, stages: list[dict], commands: list[str]) -> str:
     ]
     for i, st in enumerate(stages):
         sc = st["config"]
-        lines.append(f"| {i + 1} | {sc['seed']} | {sc['steps']} (data from step {sc.get('data_offset', 0)}) | "
-                     f"{sc['vision_rows']} picture + {sc['text_rows']}x{sc['text_turns']}-turn text | "
-                     f"{_weights(sc.get('task_weights'))}{'; curriculum' if sc.get('curriculum') else ''} | {sc['lr']:g} peak, warmup {sc['warmup']}, cosine | {st['train_seconds'] / 60:.1f} min | "
-                     f"{st['torch_threads']} |")
-    lines += [f"\nStage {i + 1}: {st['config']['note']}." for i, st in enumerate(stages) if st["config"].get("note")]
+        lines.append(
+            f"| {i + 1} | {sc['seed']} | {sc['steps']} (data from step {sc.get('data_offset', 0)}) | "
+            f"{sc['vision_rows']} picture + {sc['text_rows']}x{sc['text_turns']}-turn text | "
+            f"{_weights(sc.get('task_weights'))}{'; curriculum' if sc.get('curriculum') else ''} | {sc['lr']:g} peak, warmup {sc['warmup']}, cosine | {st['train_seconds'] / 60:.1f} min | "
+            f"{st['torch_threads']} |"
+        )
+    lines += [
+        f"\nStage {i + 1}: {st['config']['note']}." for i, st in enumerate(stages) if st["config"].get("note")
+    ]
     lines += [
         "",
         "CPU only (2 cores, shared with other work in stages 1-2). Given the seed, the thread "
         "count and this repository, the run is deterministic (a test checks this on a small model).",
-        "Each step's data is a fixed function of the step (`mode_edge.testbed.train.training_rows`).",
+        "Each step's data is a fixed function of the step (`testbed.train.training_rows`).",
         "",
         "## Accuracy (held-out test split, greedy, exact match)",
         "",

@@ -15,13 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-from mode_edge.testbed.train import TrainConfig, train
+from testbed.train import TrainConfig, train
 
 
 def _weights(spec: str | None) -> dict[str, float] | None:
     if not spec:
         return None
-    from mode_edge.testbed.tasks import TASKS
+    from mode_edge.evaluate.tasks import TASKS
 
     out = {}
     for part in spec.split(","):
@@ -43,23 +43,47 @@ def main() -> None:
     ap.add_argument("--aux-coef", type=float, default=TrainConfig.router_aux_loss_coef)
     ap.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--init-from", type=Path, default=None, help="continue from a checkpoint this script saved")
+    ap.add_argument(
+        "--init-from", type=Path, default=None, help="continue from a checkpoint this script saved"
+    )
     ap.add_argument("--data-offset", type=int, default=0, help="first step of the data stream (continuing)")
     ap.add_argument("--warmup", type=int, default=TrainConfig.warmup)
-    ap.add_argument("--task-weights", default=None, metavar="TASK=W,...",
-                    help="relative task frequencies, e.g. digit=3,word=3 (others 1)")
-    ap.add_argument("--curriculum", action="store_true",
-                    help="mix easier variants of some tasks into training (one-shape pictures for 'shape')")
-    ap.add_argument("--grow-vision", default=None, metavar="DEPTH,FF",
-                    help="with --init-from: more vision blocks / a wider vision MLP, starting as the same function")
+    ap.add_argument(
+        "--task-weights",
+        default=None,
+        metavar="TASK=W,...",
+        help="relative task frequencies, e.g. digit=3,word=3 (others 1)",
+    )
+    ap.add_argument(
+        "--curriculum",
+        action="store_true",
+        help="mix easier variants of some tasks into training (one-shape pictures for 'shape')",
+    )
+    ap.add_argument(
+        "--grow-vision",
+        default=None,
+        metavar="DEPTH,FF",
+        help="with --init-from: more vision blocks / a wider vision MLP, starting as the same function",
+    )
     ap.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples)
     ap.add_argument("--snapshots", action="store_true", help="save OUT-step<N>/ at every evaluation")
     a = ap.parse_args()
-    cfg = TrainConfig(seed=a.seed, steps=a.steps, vision_rows=a.vision_rows, text_rows=a.text_rows, lr=a.lr,
-                      router_aux_loss_coef=a.aux_coef, eval_every=a.eval_every, threads=a.threads,
-                      init_from=str(a.init_from) if a.init_from else None, data_offset=a.data_offset,
-                      warmup=a.warmup, eval_samples=a.eval_samples,
-                      task_weights=_weights(a.task_weights), curriculum=a.curriculum)
+    cfg = TrainConfig(
+        seed=a.seed,
+        steps=a.steps,
+        vision_rows=a.vision_rows,
+        text_rows=a.text_rows,
+        lr=a.lr,
+        router_aux_loss_coef=a.aux_coef,
+        eval_every=a.eval_every,
+        threads=a.threads,
+        init_from=str(a.init_from) if a.init_from else None,
+        data_offset=a.data_offset,
+        warmup=a.warmup,
+        eval_samples=a.eval_samples,
+        task_weights=_weights(a.task_weights),
+        curriculum=a.curriculum,
+    )
     if a.grow_vision:
         cfg.vision_depth, cfg.vision_ff = (int(x) for x in a.grow_vision.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
@@ -80,12 +104,19 @@ def main() -> None:
         d = a.out.with_name(f"{a.out.name}-step{step}")
         copy.deepcopy(model).eval().to(torch.bfloat16).save_pretrained(d)
         for f in a.out.iterdir():
-            if f.is_file() and f.suffix in (".json", ".jinja") and f.name not in ("config.json", "training.json"):
+            if (
+                f.is_file()
+                and f.suffix in (".json", ".jinja")
+                and f.name not in ("config.json", "training.json")
+            ):
                 shutil.copy(f, d / f.name)
 
     record = train(a.out, cfg, log=log, snapshot=snapshot if a.snapshots else None)
-    print(f"trained {cfg.steps} steps in {record['train_seconds'] / 60:.1f} min; "
-          f"held-out {record['history'][-1]['held_out'] if record['history'] else '-'}", file=sys.stderr)
+    print(
+        f"trained {cfg.steps} steps in {record['train_seconds'] / 60:.1f} min; "
+        f"held-out {record['history'][-1]['held_out'] if record['history'] else '-'}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -25,14 +25,15 @@ from mode_edge.allocate.layout import ExpertTensor, ModelLayout
 from mode_edge.allocate.methods import get_method
 from mode_edge.allocate.methods.base import Assignment, Context, LayerStats, Method
 from mode_edge.allocate.methods.veq import gamma as veq_gamma
-from mode_edge.allocate.plan import QuantPlan
+from mode_edge.arch import Architecture
 from mode_edge.errors import UserError
-from mode_edge.gguf.tensors import Role
-from mode_edge.quant_types import LADDER, bits_per_weight, fallback, parse_type, row_bytes
-from mode_edge.quantize.ggml_lib import requires_imatrix
-from mode_edge.quantize.imatrix import Imatrix
-from mode_edge.signals.importance import method_imatrix
-from mode_edge.signals.stats import ExpertStats
+from mode_edge.formats.imatrix import Imatrix
+from mode_edge.formats.plan import QuantPlan
+from mode_edge.formats.quant_types import LADDER, bits_per_weight, fallback, parse_type, row_bytes
+from mode_edge.formats.stats import ExpertStats
+from mode_edge.formats.tensors import Role
+from mode_edge.quantize import requires_imatrix
+from mode_edge.signals import method_imatrix
 
 T = GGMLQuantizationType
 GRANULARITIES = ("expert", "tensor")
@@ -42,28 +43,28 @@ GRANULARITIES = ("expert", "tensor")
 class AllocOptions:
     method: str = "mode"
     granularity: str = "expert"
-    split_projections: bool = False     # expert granularity: a type per projection
-    per_layer: bool | None = None       # one ILP per layer (None: the method's own default)
-    types: list[str] | None = None      # candidates (default: the types calibration measured)
+    split_projections: bool = False  # expert granularity: a type per projection
+    per_layer: bool | None = None  # one ILP per layer (None: the method's own default)
+    types: list[str] | None = None  # candidates (default: the types calibration measured)
     floor: str | None = None
     ceiling: str | None = None
-    other: str = "Q8_0"                 # non-expert text matrices
-    attn: str | None = None             # attention matrices: a type, "auto" (chosen by the ILP), or `other`
+    other: str = "Q8_0"  # non-expert text matrices
+    attn: str | None = None  # attention matrices: a type, "auto" (chosen by the ILP), or `other`
     mmproj: str = "F16"
-    fixed: dict[str, T] = field(default_factory=dict)   # types of named non-expert tensors (e.g. a preset's)
-    context: int = 0                    # KV-cache tokens to reserve in a byte budget
+    fixed: dict[str, T] = field(default_factory=dict)  # types of named non-expert tensors (e.g. a preset's)
+    context: int = 0  # KV-cache tokens to reserve in a byte budget
     method_options: dict[str, Any] = field(default_factory=dict)
     time_limit: float | None = 60.0
 
 
 @dataclass
 class Items:
-    keys: list[tuple[int, int, tuple[int, ...]]]   # (layer, expert or -1 for all, projections)
-    sizes: np.ndarray                              # [n, k] bytes per candidate type
-    params: np.ndarray                             # [n] weights
-    layer_of: np.ndarray                           # [n]
-    cost: np.ndarray | None                        # [n, k] method cost (ILP methods)
-    scores: np.ndarray                             # [n] method score (assignment methods)
+    keys: list[tuple[int, int, tuple[int, ...]]]  # (layer, expert or -1 for all, projections)
+    sizes: np.ndarray  # [n, k] bytes per candidate type
+    params: np.ndarray  # [n] weights
+    layer_of: np.ndarray  # [n]
+    cost: np.ndarray | None  # [n, k] method cost (ILP methods)
+    scores: np.ndarray  # [n] method score (assignment methods)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Allocation:
     items: Items
     choice: np.ndarray
     candidates: list[T]
-    attn_types: dict[str, T]            # attention types the ILP chose (--attn-type auto)
+    attn_types: dict[str, T]  # attention types the ILP chose (--attn-type auto)
     attn_bytes: int
     n_expert: int
     status: str
@@ -96,32 +97,53 @@ class Allocation:
 
 def _candidates(opts: AllocOptions, stats: ExpertStats, method: Method) -> tuple[list[T], list[int]]:
     measured = [parse_type(t) for t in stats.types]
-    cands = [parse_type(t) for t in opts.types] if opts.types else (measured if method.needs_sensitivity
-                                                                    else measured or list(LADDER))
+    cands = (
+        [parse_type(t) for t in opts.types]
+        if opts.types
+        else (measured if method.needs_sensitivity else measured or list(LADDER))
+    )
     lo = bits_per_weight(parse_type(opts.floor)) if opts.floor else 0.0
     hi = bits_per_weight(parse_type(opts.ceiling)) if opts.ceiling else 99.0
     cands = sorted({t for t in cands if lo <= bits_per_weight(t) <= hi}, key=bits_per_weight)
     if not cands:
-        raise UserError("no candidate type is left between the floor and the ceiling", "widen --floor/--ceiling")
+        raise UserError(
+            "no candidate type is left between the floor and the ceiling", "widen --floor/--ceiling"
+        )
     cols = []
     if method.needs_sensitivity:
         missing = [t.name for t in cands if t.name not in stats.types]
         if missing:
-            raise UserError(f"method {method.name} needs the sensitivity of {', '.join(missing)}, "
-                            f"which calibration did not measure (it measured {', '.join(stats.types)})",
-                            "re-run `mode-edge calibrate --types` with them, or choose --types among the measured")
+            raise UserError(
+                f"method {method.name} needs the sensitivity of {', '.join(missing)}, "
+                f"which calibration did not measure (it measured {', '.join(stats.types)})",
+                "re-run `mode-edge calibrate --types` with them, or choose --types among the measured",
+            )
         cols = [stats.types.index(t.name) for t in cands]
     return cands, cols
 
 
 def _layer_stats(stats: ExpertStats, layer: int, method: Method) -> LayerStats:
     d = stats.layers[layer]
-    return LayerStats(layer, d["counts"], d["weight_sums"], stats.sensitivity(layer, method.importance),
-                      d["hessian_trace"], d["prob_sums"], d["hessian_norm"])
+    return LayerStats(
+        layer,
+        d["counts"],
+        d["weight_sums"],
+        stats.sensitivity(layer, method.importance),
+        d["hessian_trace"],
+        d["prob_sums"],
+        d["hessian_norm"],
+    )
 
 
-def build_items(stats: ExpertStats, tensors: dict[tuple[int, int], ExpertTensor], method: Method,
-                cands: list[T], cols: list[int], ctx: Context, opts: AllocOptions) -> Items:
+def build_items(
+    stats: ExpertStats,
+    tensors: dict[tuple[int, int], ExpertTensor],
+    method: Method,
+    cands: list[T],
+    cols: list[int],
+    ctx: Context,
+    opts: AllocOptions,
+) -> Items:
     keys, sizes, params, layers, costs, scores = [], [], [], [], [], []
     use_cost = method.needs_sensitivity
     for layer in sorted(stats.layers):
@@ -151,13 +173,28 @@ def build_items(stats: ExpertStats, tensors: dict[tuple[int, int], ExpertTensor]
                 costs.append(c[e] if c is not None else None)
                 scores.append(float(s[e]) if s is not None else 0.0)
     cost = np.array(costs, dtype=np.float64) if use_cost else None
-    return Items(keys, np.array(sizes, dtype=np.int64), np.array(params, dtype=np.int64),
-                 np.array(layers), cost, np.array(scores, dtype=np.float64))
+    return Items(
+        keys,
+        np.array(sizes, dtype=np.int64),
+        np.array(params, dtype=np.int64),
+        np.array(layers),
+        cost,
+        np.array(scores, dtype=np.float64),
+    )
 
 
-def _plan(items: Items, choice: np.ndarray, cands: list[T], tensors: dict[tuple[int, int], ExpertTensor],
-          layout: ModelLayout, opts: AllocOptions, method: str, stats: ExpertStats, budget: Budget,
-          attn_types: dict[str, T]) -> QuantPlan:
+def _plan(
+    items: Items,
+    choice: np.ndarray,
+    cands: list[T],
+    tensors: dict[tuple[int, int], ExpertTensor],
+    layout: ModelLayout,
+    opts: AllocOptions,
+    method: str,
+    stats: ExpertStats,
+    budget: Budget,
+    attn_types: dict[str, T],
+) -> QuantPlan:
     per_tensor: dict[str, list[T]] = {t.name: [cands[0]] * t.n_expert for t in tensors.values()}
     for (layer, e, projs), c in zip(items.keys, choice):
         for p in projs:
@@ -166,8 +203,13 @@ def _plan(items: Items, choice: np.ndarray, cands: list[T], tensors: dict[tuple[
                 per_tensor[t.name] = [cands[c]] * t.n_expert
             else:
                 per_tensor[t.name][e] = cands[c]
-    plan = QuantPlan(method=method, model=stats.manifest.get("model_name"), budget_bytes=budget.bytes,
-                     default=parse_type(opts.other), mmproj=parse_type(opts.mmproj))
+    plan = QuantPlan(
+        method=method,
+        model=stats.manifest.get("model_name"),
+        budget_bytes=budget.bytes,
+        default=parse_type(opts.other),
+        mmproj=parse_type(opts.mmproj),
+    )
     if opts.attn and opts.attn != "auto":
         for name, role in layout.other_roles.items():
             if role == Role.ATTN:
@@ -182,19 +224,23 @@ def _plan(items: Items, choice: np.ndarray, cands: list[T], tensors: dict[tuple[
 def _check_fixed_types(opts: AllocOptions) -> None:
     for flag, name in (("--other", opts.other), ("--attn-type", opts.attn), ("--mmproj-type", opts.mmproj)):
         if name and name != "auto" and requires_imatrix(parse_type(name)):
-            raise UserError(f"{flag} {name} needs an importance matrix, and calibration measures one only for the "
-                            "routed experts", f"choose a type >= Q2_K for {flag}")
+            raise UserError(
+                f"{flag} {name} needs an importance matrix, and calibration measures one only for the "
+                "routed experts",
+                f"choose a type >= Q2_K for {flag}",
+            )
 
 
 @dataclass
 class AttnItems:
     names: list[str]
-    sizes: np.ndarray      # [m, k]
-    cost: np.ndarray       # [m, k]
+    sizes: np.ndarray  # [m, k]
+    cost: np.ndarray  # [m, k]
 
 
-def attention_items(stats: ExpertStats, layout: ModelLayout, method: Method, cands: list[T], cols: list[int],
-                    ctx: Context) -> AttnItems:
+def attention_items(
+    stats: ExpertStats, layout: ModelLayout, method: Method, cands: list[T], cols: list[int], ctx: Context
+) -> AttnItems:
     """Every attention matrix as one more ILP item, priced by its own measured sensitivity."""
     if "attn_tensors" not in stats.manifest:
         raise UserError("these statistics have no attention sensitivity", "re-run `mode-edge calibrate`")
@@ -204,8 +250,10 @@ def attention_items(stats: ExpertStats, layout: ModelLayout, method: Method, can
         sens = stats.layers[layer]["attn_sensitivity"]
         for i, (name, _) in enumerate(stats.manifest["attn_tensors"][str(layer)]):
             if name not in shapes:
-                raise UserError(f"the statistics name {name}, which this model does not have",
-                                "calibrate this model (the statistics belong to another one)")
+                raise UserError(
+                    f"the statistics name {name}, which this model does not have",
+                    "calibrate this model (the statistics belong to another one)",
+                )
             rows, row_size = shapes[name]
             names.append(name)
             sizes.append([rows * row_bytes(fallback(t, row_size), row_size) for t in cands])
@@ -214,18 +262,22 @@ def attention_items(stats: ExpertStats, layout: ModelLayout, method: Method, can
 
 
 def _too_small(budget_bytes: int, need: int, detail: str) -> UserError:
-    return UserError(f"budget {budget_bytes:,} bytes is below the smallest file these options allow, {need:,} bytes "
-                     f"({detail})",
-                     f"raise --budget to at least {need:,} bytes ({need / 1e9:.3g} GB) or choose smaller types")
+    return UserError(
+        f"budget {budget_bytes:,} bytes is below the smallest file these options allow, {need:,} bytes "
+        f"({detail})",
+        f"raise --budget to at least {need:,} bytes ({need / 1e9:.3g} GB) or choose smaller types",
+    )
 
 
-def check_budget_before_calibration(model_dir: Path, budget: Budget, opts: AllocOptions, types: list[str]) -> None:
+def check_budget_before_calibration(
+    model: Path | Architecture, budget: Budget, opts: AllocOptions, types: list[str]
+) -> None:
     """Refuse a byte budget below the smallest possible file before hours of calibration:
     every routed expert at the smallest candidate, everything else as the options say."""
     if budget.bytes is None:
         return
     _check_fixed_types(opts)
-    layout = ModelLayout(model_dir)
+    layout = ModelLayout(model)
     cands = [parse_type(t) for t in types]
     smallest = min(cands, key=bits_per_weight)
     plan = QuantPlan(default=parse_type(opts.other), mmproj=parse_type(opts.mmproj), tensors=dict(opts.fixed))
@@ -236,7 +288,9 @@ def check_budget_before_calibration(model_dir: Path, budget: Budget, opts: Alloc
             plan.tensors[spec.name] = parse_type(opts.attn)
     need = sum(layout.file_bytes(plan)) + layout.kv_cache_bytes(opts.context)
     if need > budget.bytes:
-        raise _too_small(budget.bytes, need, f"routed experts at {smallest.name}, everything else at --other {opts.other}")
+        raise _too_small(
+            budget.bytes, need, f"routed experts at {smallest.name}, everything else at --other {opts.other}"
+        )
 
 
 def _method_options(stats: ExpertStats, opts: AllocOptions) -> dict[str, Any]:
@@ -247,11 +301,17 @@ def _method_options(stats: ExpertStats, opts: AllocOptions) -> dict[str, Any]:
 def _check_gamma(stats: ExpertStats, method: Method, options: dict[str, Any]) -> float:
     """The gamma the plan uses; a sensitivity measured under VEQ-MA holds only for its own gamma."""
     g = veq_gamma(options)
-    if method.importance == "veq-ma" and method.needs_sensitivity and "gamma" in stats.manifest \
-            and abs(g - float(stats.manifest["gamma"])) > 1e-9 * max(1.0, g):
-        raise UserError(f"method {method.name} prices errors measured with gamma {stats.manifest['gamma']:.4g}, "
-                        f"not the --veq-gamma {g:g} asked for",
-                        f"re-run `mode-edge calibrate --veq-gamma {g:g}`, or drop --veq-gamma")
+    if (
+        method.importance == "veq-ma"
+        and method.needs_sensitivity
+        and "gamma" in stats.manifest
+        and abs(g - float(stats.manifest["gamma"])) > 1e-9 * max(1.0, g)
+    ):
+        raise UserError(
+            f"method {method.name} prices errors measured with gamma {stats.manifest['gamma']:.4g}, "
+            f"not the --veq-gamma {g:g} asked for",
+            f"re-run `mode-edge calibrate --veq-gamma {g:g}`, or drop --veq-gamma",
+        )
     return g
 
 
@@ -267,17 +327,23 @@ def method_importance(stats: ExpertStats, opts: AllocOptions) -> Imatrix:
     return method_imatrix(stats, get_method(opts.method).importance, veq_gamma(_method_options(stats, opts)))
 
 
-def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOptions) -> Allocation:
+def allocate(
+    stats: ExpertStats, model: Path | Architecture, budget: Budget, opts: AllocOptions
+) -> Allocation:
     t0 = time.perf_counter()
     if opts.granularity not in GRANULARITIES:
         raise UserError(f"unknown granularity {opts.granularity!r}", "use expert or tensor")
     _check_fixed_types(opts)
     method = get_method(opts.method)
-    layout = ModelLayout(model_dir)
+    layout = ModelLayout(model)
     tensors = layout.expert_tensors(stats.manifest["gguf_names"])
     cands, cols = _candidates(opts, stats, method)
-    ctx = Context(hidden=int(stats.manifest["hidden"]), tokens=dict(stats.manifest.get("tokens") or {}),
-                  options=_method_options(stats, opts), type_names=[t.name for t in cands])
+    ctx = Context(
+        hidden=int(stats.manifest["hidden"]),
+        tokens=dict(stats.manifest.get("tokens") or {}),
+        options=_method_options(stats, opts),
+        type_names=[t.name for t in cands],
+    )
     gamma = _check_gamma(stats, method, ctx.options)
     items = build_items(stats, tensors, method, cands, cols, ctx, opts)
     n = len(items.keys)
@@ -286,8 +352,10 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
     attn = None
     if opts.attn == "auto":
         if budget.bytes is None or not method.needs_sensitivity:
-            raise UserError("--attn-type auto needs a byte budget and a method that prices types by sensitivity",
-                            "give --budget in bytes and a mode method, or a fixed --attn-type")
+            raise UserError(
+                "--attn-type auto needs a byte budget and a method that prices types by sensitivity",
+                "give --budget in bytes and a mode method, or a fixed --attn-type",
+            )
         attn = attention_items(stats, layout, method, cands, cols, ctx)
     sizes = items.sizes if attn is None else np.vstack([items.sizes, attn.sizes])
     cost = None
@@ -303,7 +371,9 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
         return {} if attn is None else {nm: cands[c] for nm, c in zip(attn.names, choice_all[n:])}
 
     zeros = np.zeros(len(sizes), dtype=np.int64)
-    base = _plan(items, zeros[:n], cands, tensors, layout, opts, method.name, stats, budget, attn_types(zeros))
+    base = _plan(
+        items, zeros[:n], cands, tensors, layout, opts, method.name, stats, budget, attn_types(zeros)
+    )
     fixed = sum(layout.file_bytes(base)) - int(sizes[:, 0].sum())
     smallest = int(sizes.min(axis=1).sum())
     if budget.bytes is not None:
@@ -311,19 +381,28 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
         if smallest > capacity:
             need = fixed + smallest + reserve
             what = "routed experts" + (" and attention" if attn is not None else "")
-            raise _too_small(budget.bytes, need, f"{what} at {cands[0].name}: {smallest:,}; everything else at --other "
-                                                 f"{opts.other} / --mmproj-type {opts.mmproj}, with headers: {fixed:,}; "
-                                                 f"KV reserve: {reserve:,}")
+            raise _too_small(
+                budget.bytes,
+                need,
+                f"{what} at {cands[0].name}: {smallest:,}; everything else at --other "
+                f"{opts.other} / --mmproj-type {opts.mmproj}, with headers: {fixed:,}; "
+                f"KV reserve: {reserve:,}",
+            )
     else:
         capacity = int(budget.bpw / 8.0 * int(items.params.sum()))
         if smallest > capacity:
             need = 8.0 * smallest / int(items.params.sum())
-            raise UserError(f"{budget.bpw:g} bits per expert weight is below the smallest candidate, "
-                            f"{need:.3f} ({cands[0].name})", f"raise --budget to at least {need:.3f}bpw")
+            raise UserError(
+                f"{budget.bpw:g} bits per expert weight is below the smallest candidate, "
+                f"{need:.3f} ({cands[0].name})",
+                f"raise --budget to at least {need:.3f}bpw",
+            )
 
     # per-layer constraint: each layer's experts get its parameter share of the expert bytes
     per_layer = method.per_layer if opts.per_layer is None else opts.per_layer
-    layers = [np.nonzero(items.layer_of == layer)[0] for layer in np.unique(items.layer_of)] if per_layer else []
+    layers = (
+        [np.nonzero(items.layer_of == layer)[0] for layer in np.unique(items.layer_of)] if per_layer else []
+    )
     shares = [int(items.params[idx].sum()) / int(items.params.sum()) for idx in layers]
 
     def layer_groups(cap: int):
@@ -342,13 +421,17 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
         choice = method.assign(Assignment(items.sizes, capacity, items.scores, items.layer_of, fits), ctx)
         if choice is not None:
             if not fits(choice):
-                raise UserError(f"no assignment of method {method.name} fits the budget",
-                                "raise --budget or allow smaller types")
+                raise UserError(
+                    f"no assignment of method {method.name} fits the budget",
+                    "raise --budget or allow smaller types",
+                )
             status, gap = "assigned", None
         else:
             sol = solve(cost, sizes, capacity, groups=grp, time_limit=opts.time_limit)
             choice, status, gap = sol.choice, sol.status, sol.gap
-        plan = _plan(items, choice[:n], cands, tensors, layout, opts, method.name, stats, budget, attn_types(choice))
+        plan = _plan(
+            items, choice[:n], cands, tensors, layout, opts, method.name, stats, budget, attn_types(choice)
+        )
         text_b, mm_b = layout.file_bytes(plan)
         if budget.bytes is None or text_b + mm_b + reserve <= budget.bytes:
             break
@@ -358,11 +441,17 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
     else:
         raise UserError("could not fit the expert-group headers into the budget", "raise --budget slightly")
     notes.extend(ctx.notes)
-    notes.append(f"packed with the {method.importance} importance matrix, the one its errors were measured with"
-                 if method.needs_sensitivity else f"packed with the {method.importance} importance matrix")
+    notes.append(
+        f"packed with the {method.importance} importance matrix, the one its errors were measured with"
+        if method.needs_sensitivity
+        else f"packed with the {method.importance} importance matrix"
+    )
     if status != "assigned":
-        notes.append("one ILP per layer (each layer its share of the expert bytes)" if per_layer
-                     else "one ILP over all layers")
+        notes.append(
+            "one ILP per layer (each layer its share of the expert bytes)"
+            if per_layer
+            else "one ILP over all layers"
+        )
     if method.importance == "veq-ma":
         notes.append(f"VEQ gamma {gamma:.4g} ({_gamma_source(stats, opts)})")
     if not method.published:
@@ -373,14 +462,39 @@ def allocate(stats: ExpertStats, model_dir: Path, budget: Budget, opts: AllocOpt
     expert_bytes = int(items.sizes[rows, choice].sum())
     plan.extra = {
         "granularity": opts.granularity + ("/projection" if opts.split_projections else ""),
-        "per_layer_bits": per_layer, **({"budget_bpw": budget.bpw} if budget.bpw is not None else {}), "candidates": [t.name for t in cands],
+        "per_layer_bits": per_layer,
+        **({"budget_bpw": budget.bpw} if budget.bpw is not None else {}),
+        "candidates": [t.name for t in cands],
         "planned_bytes": {"text": text_b, "mmproj": mm_b, "kv_reserve": reserve},
-        "routed_expert_bytes": expert_bytes, **({"attention_bytes": attn_bytes} if attn is not None else {}), "routed_expert_bpw": round(8.0 * expert_bytes / int(items.params.sum()), 4),
-        "solver": {"status": status, "gap": gap}, "stats_data": stats.manifest.get("data"),
-        "importance": method.importance, "published": method.published,
-        **({"veq_gamma": gamma, "gamma_source": _gamma_source(stats, opts)} if method.importance == "veq-ma" else {}),
+        "routed_expert_bytes": expert_bytes,
+        **({"attention_bytes": attn_bytes} if attn is not None else {}),
+        "routed_expert_bpw": round(8.0 * expert_bytes / int(items.params.sum()), 4),
+        "solver": {"status": status, "gap": gap},
+        "stats_data": stats.manifest.get("data"),
+        "importance": method.importance,
+        "published": method.published,
+        **(
+            {"veq_gamma": gamma, "gamma_source": _gamma_source(stats, opts)}
+            if method.importance == "veq-ma"
+            else {}
+        ),
         **({"notes": notes} if notes else {}),
     }
-    return Allocation(plan, text_b, mm_b, reserve, expert_bytes, int(items.params.sum()), items, choice, cands,
-                      chosen_attn, attn_bytes, next(iter(tensors.values())).n_expert, status, gap, time.perf_counter() - t0, notes)
-
+    return Allocation(
+        plan,
+        text_b,
+        mm_b,
+        reserve,
+        expert_bytes,
+        int(items.params.sum()),
+        items,
+        choice,
+        cands,
+        chosen_attn,
+        attn_bytes,
+        next(iter(tensors.values())).n_expert,
+        status,
+        gap,
+        time.perf_counter() - t0,
+        notes,
+    )

@@ -21,7 +21,7 @@ from mode_edge.errors import UserError
 
 @dataclass
 class Solution:
-    choice: np.ndarray       # [n_items] index of the chosen column
+    choice: np.ndarray  # [n_items] index of the chosen column
     cost: float
     size: int
     status: str
@@ -33,8 +33,9 @@ def min_size(sizes: np.ndarray, allowed: np.ndarray) -> int:
     return int(big.min(axis=1).sum())
 
 
-def lagrangian(cost: np.ndarray, sizes: np.ndarray, capacity: int, allowed: np.ndarray,
-               iters: int = 100) -> Solution:
+def lagrangian(
+    cost: np.ndarray, sizes: np.ndarray, capacity: int, allowed: np.ndarray, iters: int = 100
+) -> Solution:
     """Large single-budget instances: the multiple-choice knapsack's Lagrangian relaxation.
 
     For a multiplier lam every item takes argmin(cost + lam*size); bisection finds the
@@ -96,10 +97,17 @@ def _solver(time_limit: float | None, gap: float, threads: int):
 LAGRANGIAN_ABOVE = 2000  # items; below this CBC solves to optimality in well under a second
 
 
-def solve(cost: np.ndarray, sizes: np.ndarray, capacity: int, allowed: np.ndarray | None = None,
-          groups: list[tuple[np.ndarray, float, np.ndarray]] | None = None,
-          time_limit: float | None = None, gap: float = 1e-4, threads: int = 2,
-          method: str = "auto") -> Solution:
+def solve(
+    cost: np.ndarray,
+    sizes: np.ndarray,
+    capacity: int,
+    allowed: np.ndarray | None = None,
+    groups: list[tuple[np.ndarray, float, np.ndarray]] | None = None,
+    time_limit: float | None = None,
+    gap: float = 1e-4,
+    threads: int = 2,
+    method: str = "auto",
+) -> Solution:
     """cost, sizes: [n_items, n_choices]; groups: (item indices, cap, per-choice weight [n_items, n_choices])."""
     import pulp
 
@@ -110,8 +118,11 @@ def solve(cost: np.ndarray, sizes: np.ndarray, capacity: int, allowed: np.ndarra
         raise ValueError("every item needs at least one allowed choice")
     smallest = min_size(sizes, allowed)
     if smallest > capacity:
-        raise UserError(f"the budget leaves {capacity:,} bytes for these tensors but the smallest choice "
-                        f"of every one needs {smallest:,}", "raise the budget or allow smaller types")
+        raise UserError(
+            f"the budget leaves {capacity:,} bytes for these tensors but the smallest choice "
+            f"of every one needs {smallest:,}",
+            "raise the budget or allow smaller types",
+        )
     # an unconstrained optimum that fits is optimal: skip the solver
     masked = np.where(allowed, cost, np.inf)
     best = masked.argmin(axis=1)
@@ -137,12 +148,19 @@ def solve(cost: np.ndarray, sizes: np.ndarray, capacity: int, allowed: np.ndarra
         prob += pulp.lpSum(x[i, c] for c in np.nonzero(allowed[i])[0]) == 1
     prob += pulp.lpSum(int(sizes[i, c]) * v for (i, c), v in x.items()) <= int(capacity)
     for items, cap, weight in groups or []:
-        prob += pulp.lpSum(float(weight[i, c]) * x[i, c] for i in items for c in np.nonzero(allowed[i])[0]) <= cap
+        prob += (
+            pulp.lpSum(float(weight[i, c]) * x[i, c] for i in items for c in np.nonzero(allowed[i])[0]) <= cap
+        )
     prob.solve(_solver(time_limit, gap, threads))
     status = pulp.LpStatus[prob.status]
-    if status not in ("Optimal",) and prob.sol_status not in (pulp.LpSolutionIntegerFeasible, pulp.LpSolutionOptimal):
-        raise UserError(f"the allocation problem has no solution ({status})",
-                        "raise the budget or relax the per-layer constraint")
+    if status not in ("Optimal",) and prob.sol_status not in (
+        pulp.LpSolutionIntegerFeasible,
+        pulp.LpSolutionOptimal,
+    ):
+        raise UserError(
+            f"the allocation problem has no solution ({status})",
+            "raise the budget or relax the per-layer constraint",
+        )
     choice = np.zeros(cost.shape[0], dtype=np.int64)
     for (i, c), v in x.items():
         if v.value() is not None and v.value() > 0.5:

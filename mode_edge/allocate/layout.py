@@ -13,12 +13,11 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType
 
-from mode_edge.allocate.plan import QuantPlan
-from mode_edge.checkpoint import Checkpoint
+from mode_edge.arch import Architecture, open_architecture
 from mode_edge.errors import UserError
-from mode_edge.gguf.tensors import Role
-from mode_edge.quant_types import fallback, row_bytes
-from mode_edge_converters import converter_for
+from mode_edge.formats.plan import QuantPlan
+from mode_edge.formats.quant_types import fallback, row_bytes
+from mode_edge.formats.tensors import Role
 
 T = GGMLQuantizationType
 
@@ -27,10 +26,10 @@ T = GGMLQuantizationType
 class ExpertTensor:
     name: str
     layer: int
-    proj: int          # 0 gate, 1 up, 2 down
+    proj: int  # 0 gate, 1 up, 2 down
     n_expert: int
-    rows: int          # output rows per expert
-    row_size: int      # input width (the quantizer's row length)
+    rows: int  # output rows per expert
+    row_size: int  # input width (the quantizer's row length)
 
     def expert_bytes(self, t: T) -> int:
         """One expert's bytes when stored as t (after llama.cpp's fallback for its rows)."""
@@ -42,9 +41,9 @@ class ExpertTensor:
 
 
 class ModelLayout:
-    def __init__(self, model_dir: Path):
-        self.model_dir = Path(model_dir)
-        self.conv = converter_for(Checkpoint(self.model_dir))
+    def __init__(self, model: Path | Architecture):
+        self.conv = open_architecture(model)
+        self.model_dir = self.conv.ckpt.dir
         self.text_specs = self.conv.text_tensors()
         self.other_roles = {s.name: s.role for s in self.text_specs if s.role != Role.EXPERT}
 
@@ -56,21 +55,26 @@ class ModelLayout:
             for proj, name in enumerate(names):
                 spec = specs.get(name)
                 if spec is None:
-                    raise UserError(f"the statistics name expert tensor {name}, which this model does not have",
-                                    "calibrate this model (the statistics belong to another one)")
-                out[int(layer), proj] = ExpertTensor(name, int(layer), proj, spec.n_expert, spec.shape[1],
-                                                     spec.shape[2])
+                    raise UserError(
+                        f"the statistics name expert tensor {name}, which this model does not have",
+                        "calibrate this model (the statistics belong to another one)",
+                    )
+                out[int(layer), proj] = ExpertTensor(
+                    name, int(layer), proj, spec.n_expert, spec.shape[1], spec.shape[2]
+                )
         missing = sorted(set(specs) - {t.name for t in out.values()})
         if missing:
-            raise UserError(f"the statistics have no data for {missing[0]} ({len(missing)} expert tensors)",
-                            "re-run `mode-edge calibrate` on this model")
+            raise UserError(
+                f"the statistics have no data for {missing[0]} ({len(missing)} expert tensors)",
+                "re-run `mode-edge calibrate` on this model",
+            )
         return out
 
     def file_bytes(self, plan: QuantPlan) -> tuple[int, int]:
         """Exact sizes of the text and mmproj files `pack` writes for this plan."""
-        from mode_edge.gguf.export import planned_sizes
+        from mode_edge.gguf import planned_sizes
 
-        return planned_sizes(self.model_dir, plan, conv=self.conv, check_imatrix=False)
+        return planned_sizes(self.conv, plan, check_imatrix=False)
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
         if n_ctx <= 0:
@@ -79,4 +83,3 @@ class ModelLayout:
             return self.conv.kv_cache_bytes(n_ctx)
         except NotImplementedError as e:
             raise UserError(str(e), "leave out --context") from None
-

@@ -23,11 +23,11 @@ import torch
 
 def measure_gamma(cal, rendered: list, n_samples: int) -> dict | None:
     """{"gamma", "samples", "text_grad", "image_grad"} or None when no sample has an image."""
-    picks = [r for r in rendered if bool((r.input_ids == cal.image_token_id).any())][:max(0, n_samples)]
+    picks = [r for r in rendered if bool(cal.image_mask(r.input_ids).any())][: max(0, n_samples)]
     if not picks:
         return None
     states = [cal.embed(r) for r in picks]
-    inputs = [[s.pop("hidden")] for s in states]          # inputs[k][il]: what enters layer il
+    inputs = [[s.pop("hidden")] for s in states]  # inputs[k][il]: what enters layer il
     for il in range(cal.n_layers):
         layer = cal.load_layer(il)
         for k, s in enumerate(states):
@@ -56,7 +56,7 @@ def measure_gamma(cal, rendered: list, n_samples: int) -> dict | None:
     text, image = [], []
     for r, g in zip(picks, grads):
         norms = g.double().norm(dim=-1).numpy()
-        is_image = r.input_ids == cal.image_token_id
+        is_image = cal.image_mask(r.input_ids)
         text.append(norms[~is_image])
         image.append(norms[is_image])
     t, v = float(np.concatenate(text).mean()), float(np.concatenate(image).mean())

@@ -12,28 +12,33 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from mode_edge.arch import Architecture, open_architecture
 from mode_edge.calibrate.activations import Activations, choose_mode
-from mode_edge.calibrate.data import data_hash, load_image, read_samples
-from mode_edge.checkpoint import Checkpoint
-from mode_edge.errors import UserError
-from mode_edge.quant_types import LADDER
-from mode_edge.quantize.encode import default_threads
 from mode_edge.calibrate.gamma import measure_gamma
-from mode_edge.signals.importance import GAMMA_REPORTED, IMPORTANCES, method_imatrix
-from mode_edge.signals.keytokens import key_scores, query_positions, select_key_tokens
-from mode_edge.signals.attention import AttentionRecorder
-from mode_edge.signals.recorder import SENS_MODALITIES, LayerRecorder
-from mode_edge.signals.stats import KEY, MODALITIES, RED, TEXT
+from mode_edge.errors import UserError
 from mode_edge.files import write_json_atomic
-from mode_edge.signals.stats import IMATRIX_FILE, ExpertStats, save_arrays_atomic
-from mode_edge.signals.stats import VERSION as STATS_VERSION
-from mode_edge_converters import converter_for
+from mode_edge.formats.quant_types import LADDER
+from mode_edge.formats.samples import data_hash, load_image, read_samples
+from mode_edge.formats.stats import IMATRIX_FILE, KEY, MODALITIES, RED, TEXT, ExpertStats, save_arrays_atomic
+from mode_edge.formats.stats import VERSION as STATS_VERSION
+from mode_edge.quantize import default_threads
+from mode_edge.signals import (
+    GAMMA_REPORTED,
+    IMPORTANCES,
+    SENS_MODALITIES,
+    AttentionRecorder,
+    LayerRecorder,
+    key_scores,
+    method_imatrix,
+    query_positions,
+    select_key_tokens,
+)
 
 PARTIAL = ".partial"
 
@@ -46,12 +51,12 @@ class CalibrationOptions:
     rho: float = 0.2
     cap: int = 512
     probes: int = 16
-    gamma: float | None = None   # VEQ's gamma; None: measured on `gamma_samples` image samples
+    gamma: float | None = None  # VEQ's gamma; None: measured on `gamma_samples` image samples
     gamma_samples: int = 8
-    count_samples: int | None = None   # more samples for the routing counts only (MODE: 512 vs 128)
+    count_samples: int | None = None  # more samples for the routing counts only (MODE: 512 vs 128)
     types: list[str] = field(default_factory=lambda: [t.name for t in LADDER])
     skip_bad: bool = False
-    device: str = "cpu"     # where layers run; statistics and the quantizer stay on the CPU
+    device: str = "cpu"  # where layers run; statistics and the quantizer stay on the CPU
     offload: str = "auto"  # where hidden states wait between layers: auto, memory or disk
 
     def key(self) -> dict:
@@ -63,8 +68,8 @@ class CalibrationOptions:
 class Progress:
     """Callbacks for a UI; all optional."""
 
-    on_start: Callable[[int, int], None] | None = None           # n_layers, n_samples
-    on_sample: Callable[[int, int], None] | None = None           # layer, tokens in that sample
+    on_start: Callable[[int, int], None] | None = None  # n_layers, n_samples
+    on_sample: Callable[[int, int], None] | None = None  # layer, tokens in that sample
     on_layer_done: Callable[[int], None] | None = None
     on_warning: Callable[[str], None] | None = None
 
@@ -93,10 +98,11 @@ def _render_all(cal, opts: CalibrationOptions, data_dir: Path, warn) -> tuple[li
     return rendered, kept
 
 
-def _modalities(cal, r, layer_attn_inputs, attn, special: set[int], newline_ids: set[int], im_start,
-                rho: float) -> torch.Tensor:
+def _modalities(
+    cal, r, layer_attn_inputs, attn, special: set[int], newline_ids: set[int], im_start, rho: float
+) -> torch.Tensor:
     ids = torch.from_numpy(r.input_ids)
-    image_mask = ids == cal.image_token_id
+    image_mask = cal.image_mask(ids)
     mod = torch.full(ids.shape, TEXT, dtype=torch.long)
     if not bool(image_mask.any()):
         return mod
@@ -119,8 +125,11 @@ def _finished_with(out_dir: Path, identity: dict) -> bool:
         manifest = json.loads((out_dir / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return (out_dir / "expert_stats.safetensors").is_file() and manifest.get("version") == STATS_VERSION and \
-        all(manifest.get(k) == v for k, v in identity.items())
+    return (
+        (out_dir / "expert_stats.safetensors").is_file()
+        and manifest.get("version") == STATS_VERSION
+        and all(manifest.get(k) == v for k, v in identity.items())
+    )
 
 
 def _cpu_copy(experts):
@@ -129,25 +138,34 @@ def _cpu_copy(experts):
     return copy.deepcopy(experts).to("cpu")
 
 
-def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationOptions | None = None,
-              progress: Progress | None = None, stop_after_layer: int | None = None,
-              attn_implementation: str = "sdpa") -> Path:
+def calibrate(
+    model: Path | Architecture,
+    data_dir: Path,
+    out_dir: Path,
+    opts: CalibrationOptions | None = None,
+    progress: Progress | None = None,
+    stop_after_layer: int | None = None,
+    attn_implementation: str = "sdpa",
+) -> Path:
     """Run calibration; returns out_dir. stop_after_layer simulates an interruption (tests)."""
     opts = opts or CalibrationOptions()
     progress = progress or Progress()
     warn = progress.on_warning or (lambda msg: None)
     torch.manual_seed(opts.seed)
-    from mode_edge.quant_types import parse_type
+    from mode_edge.formats.quant_types import parse_type
 
     types = [parse_type(t) for t in opts.types]
-    ckpt = Checkpoint(model_dir)
-    conv = converter_for(ckpt)
+    conv = open_architecture(model)
     cal = conv.calibration(attn_implementation=attn_implementation, device=opts.device)
     rendered, kept = _render_all(cal, opts, data_dir, warn)
     out_dir = Path(out_dir)
     partial = out_dir / PARTIAL
-    identity = {"model": str(Path(model_dir).resolve()), "data": data_hash(kept), "options": opts.key(),
-                "n_samples": len(rendered)}
+    identity = {
+        "model": str(Path(conv.ckpt.dir).resolve()),
+        "data": data_hash(kept),
+        "options": opts.key(),
+        "n_samples": len(rendered),
+    }
     if _finished_with(out_dir, identity):
         warn(f"{out_dir} already holds statistics for this model, data and options; reusing them")
         return out_dir
@@ -171,7 +189,7 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
     special = cal.special_ids()
     tok = cal.tokenizer
     newline_ids = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
-    im_start = tok.convert_tokens_to_ids("<|im_start|>") if "<|im_start|>" in tok.get_vocab() else None
+    im_start = cal.turn_start_id()
     if progress.on_start:
         progress.on_start(cal.n_layers, len(rendered))
 
@@ -179,16 +197,18 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
     gamma = _gamma(cal, rendered[: opts.samples], opts, partial, warn)
     for il in range(start, cal.n_layers):
         layer = cal.load_layer(il)
-        attn, moe, router, experts = cal.parts(layer)
+        attn, moe, router, experts, _ = cal.parts(layer)
         seen: dict = {}
         hooks = [  # each hook binds this layer's `seen` (the name is dropped after the layer)
             attn.register_forward_pre_hook(
-                lambda m, a, kw, seen=seen: seen.__setitem__("attn", (kw["hidden_states"], kw["position_embeddings"])),
-                with_kwargs=True),
+                lambda m, a, kw, seen=seen: seen.__setitem__("attn", cal.attention_inputs(a, kw)),
+                with_kwargs=True,
+            ),
             moe.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("moe_in", a[0])),
             router.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__("router", o)),
             cal.attention_output(attn).register_forward_pre_hook(
-                lambda m, a, seen=seen: seen.__setitem__("o_in", a[0])),
+                lambda m, a, seen=seen: seen.__setitem__("o_in", a[0])
+            ),
         ]
         arec = AttentionRecorder()
         rec = LayerRecorder(cal.n_experts, cal.hidden, cal.expert_ff, opts.cap, seed=opts.seed * 100003 + il)
@@ -205,7 +225,7 @@ def calibrate(model_dir: Path, data_dir: Path, out_dir: Path, opts: CalibrationO
             indices, weights, probs = cal.routing(seen["router"])
             mod = _modalities(cal, r, seen["attn"], attn, special, newline_ids, im_start, opts.rho)
             x = seen["moe_in"].reshape(-1, cal.hidden).cpu()
-            full = i < opts.samples   # the samples past --samples only count routing (--count-samples)
+            full = i < opts.samples  # the samples past --samples only count routing (--count-samples)
             rec.add(x, indices.cpu(), weights.cpu(), mod, experts_fn, probs.cpu(), counts_only=not full)
             if full:
                 arec.add("attn_in", seen["attn"][0], mod)
@@ -242,7 +262,9 @@ def _gamma(cal, rendered, opts: CalibrationOptions, partial: Path, warn) -> dict
         return json.loads(path.read_text())
     measured = measure_gamma(cal, rendered, opts.gamma_samples) if opts.gamma_samples > 0 else None
     if measured is None:
-        warn(f"VEQ's gamma not measured (no image sample or --gamma-samples 0); using the reported {GAMMA_REPORTED}")
+        warn(
+            f"VEQ's gamma not measured (no image sample or --gamma-samples 0); using the reported {GAMMA_REPORTED}"
+        )
         out = {"gamma": GAMMA_REPORTED, "source": "reported (VEQ, Qwen3-VL)"}
     else:
         out = {**measured, "source": "measured"}
@@ -250,20 +272,31 @@ def _gamma(cal, rendered, opts: CalibrationOptions, partial: Path, warn) -> dict
     return out
 
 
-def _finish(out_dir: Path, partial: Path, cal, conv, identity: dict, rendered, types, gamma: dict,
-            seconds: float) -> None:
+def _finish(
+    out_dir: Path, partial: Path, cal, conv, identity: dict, rendered, types, gamma: dict, seconds: float
+) -> None:
     from safetensors.numpy import load_file
 
     layers = {il: load_file(str(partial / f"layer-{il:03d}.safetensors")) for il in range(cal.n_layers)}
-    n_img = sum(int((r.input_ids == cal.image_token_id).sum()) for r in rendered)
+    n_img = sum(int(cal.image_mask(r.input_ids).sum()) for r in rendered)
     n_tok = sum(len(r.input_ids) for r in rendered)
     manifest = {
-        "model_type": conv.ckpt.config.get("model_type"), "arch": conv.arch, "model_name": conv.model_name,
-        **identity, "n_layers": cal.n_layers, "n_experts": cal.n_experts, "top_k": cal.top_k,
-        "hidden": cal.hidden, "expert_ff": cal.expert_ff, "modalities": list(MODALITIES),
-        "types": [t.name for t in types], "sensitivity_axes": ["all", "gate", "up", "down"],
-        "sensitivity_modalities": list(SENS_MODALITIES), "importances": list(IMPORTANCES),
-        "gamma": gamma["gamma"], "gamma_info": gamma,
+        "model_type": conv.ckpt.config.get("model_type"),
+        "arch": conv.arch,
+        "model_name": conv.model_name,
+        **identity,
+        "n_layers": cal.n_layers,
+        "n_experts": cal.n_experts,
+        "top_k": cal.top_k,
+        "hidden": cal.hidden,
+        "expert_ff": cal.expert_ff,
+        "modalities": list(MODALITIES),
+        "types": [t.name for t in types],
+        "sensitivity_axes": ["all", "gate", "up", "down"],
+        "sensitivity_modalities": list(SENS_MODALITIES),
+        "importances": list(IMPORTANCES),
+        "gamma": gamma["gamma"],
+        "gamma_info": gamma,
         "tokens": {"total": n_tok, "image": n_img, "text": n_tok - n_img},
         "gguf_names": {str(il): list(cal.gguf_expert_names(il)) for il in range(cal.n_layers)},
         "attn_tensors": {str(il): [list(x) for x in cal.attention_names(il)] for il in range(cal.n_layers)},
@@ -273,4 +306,3 @@ def _finish(out_dir: Path, partial: Path, cal, conv, identity: dict, rendered, t
     method_imatrix(stats, "plain").save(out_dir / IMATRIX_FILE)
     write_json_atomic(out_dir / "run.json", {"seconds": round(seconds, 2), "tokens": n_tok})
     shutil.rmtree(partial)
-

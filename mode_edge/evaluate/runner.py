@@ -1,11 +1,11 @@
 """Evaluation through llama.cpp: greedy exact match per task family, KL against a reference.
 
 The prompt is rendered with the chat template stored in the text GGUF (the image part
-becomes mtmd's media marker; mtmd adds <|vision_start|> … <|vision_end|> itself), so what is
+becomes mtmd's media marker: Architecture.media_part says where), so what is
 measured is what a llama.cpp user of the file gets. Greedy decoding stops at an end-of-
 generation token; the answer must equal the expected one exactly (surrounding whitespace
 ignored). KL(reference ‖ model) is taken over the next-token distributions at every answer
-position with the expected answer fed in (teacher forcing), the closing <|im_end|> included.
+position with the expected answer fed in (teacher forcing), the closing end-of-turn token included.
 """
 
 from __future__ import annotations
@@ -13,17 +13,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from mode_edge.arch import architecture_of_gguf
 from mode_edge.errors import UserError
-from mode_edge.testbed import tasks as task_gen
-
-MEDIA_PART = "<|vision_start|><|image_pad|><|vision_end|>"
-
+from mode_edge.evaluate import tasks as task_gen
 
 # -- finding files ---------------------------------------------------------------------------
 
@@ -33,12 +31,14 @@ def _mmproj_for(text: Path) -> Path:
     if len(cands) == 1:
         return cands[0]
     # mmproj-<name>-f16.gguf belongs to <name>-<label>.gguf
-    named = [p for p in cands if text.name.startswith(p.stem[len("mmproj-"):].rsplit("-", 1)[0] + "-")]
+    named = [p for p in cands if text.name.startswith(p.stem[len("mmproj-") :].rsplit("-", 1)[0] + "-")]
     if len(named) == 1:
         return named[0]
     if not cands:
-        raise UserError(f"no mmproj-*.gguf beside {text}",
-                        "convert the model with `mode-edge convert` (it writes both files) or pass --mmproj")
+        raise UserError(
+            f"no mmproj-*.gguf beside {text}",
+            "convert the model with `mode-edge convert` (it writes both files) or pass --mmproj",
+        )
     raise UserError(f"several projectors beside {text} ({', '.join(p.name for p in cands)})", "pass --mmproj")
 
 
@@ -46,20 +46,33 @@ def resolve_model(path: Path, mmproj: Path | None = None) -> tuple[Path, Path]:
     """(text GGUF, mmproj GGUF) from a GGUF file or an output folder of `mode-edge convert`."""
     path = Path(path)
     if path.is_dir():
-        texts = sorted(p for p in path.glob("*.gguf") if p.is_file() and not p.name.startswith("mmproj-")
-                       and not p.name.endswith(".imatrix.gguf"))   # convert --budget leaves plan.imatrix.gguf
+        texts = sorted(
+            p
+            for p in path.glob("*.gguf")
+            if p.is_file() and not p.name.startswith("mmproj-") and not p.name.endswith(".imatrix.gguf")
+        )  # convert --budget leaves plan.imatrix.gguf
         if not texts:
-            raise UserError(f"no text GGUF in {path}", "pass a folder written by `mode-edge convert` or a .gguf file")
+            raise UserError(
+                f"no text GGUF in {path}", "pass a folder written by `mode-edge convert` or a .gguf file"
+            )
         if len(texts) > 1:
-            raise UserError(f"several text GGUF files in {path} ({', '.join(p.name for p in texts)})",
-                            "pass the one to evaluate")
+            raise UserError(
+                f"several text GGUF files in {path} ({', '.join(p.name for p in texts)})",
+                "pass the one to evaluate",
+            )
         path = texts[0]
     elif not path.is_file():
-        raise UserError(f"{path} does not exist", "pass a .gguf file or a folder written by `mode-edge convert`")
+        raise UserError(
+            f"{path} does not exist", "pass a .gguf file or a folder written by `mode-edge convert`"
+        )
     elif path.suffix != ".gguf":
-        raise UserError(f"{path} is not a .gguf file", "pass a .gguf file or a folder written by `mode-edge convert`")
+        raise UserError(
+            f"{path} is not a .gguf file", "pass a .gguf file or a folder written by `mode-edge convert`"
+        )
     if path.name.startswith("mmproj-"):
-        raise UserError(f"{path} is a vision projector", "pass the text model's GGUF (the projector is found beside it)")
+        raise UserError(
+            f"{path} is a vision projector", "pass the text model's GGUF (the projector is found beside it)"
+        )
     if mmproj is not None and not Path(mmproj).is_file():
         raise UserError(f"{mmproj} does not exist", "pass the mmproj-*.gguf written with the model")
     return path, Path(mmproj) if mmproj is not None else _mmproj_for(path)
@@ -79,9 +92,12 @@ def load_examples(source: str, limit: int, start: int = 0) -> list[task_gen.Exam
     folder = Path(source)
     lines_path = folder / "prompts.jsonl"
     if not lines_path.is_file():
-        raise UserError(f"--tasks {source!r} is neither a split ({', '.join(sorted(task_gen.SPLIT_SEEDS))}) "
-                        "nor a folder with prompts.jsonl", "pass test, or a folder written by the task export")
-    from mode_edge.calibrate.data import load_image
+        raise UserError(
+            f"--tasks {source!r} is neither a split ({', '.join(sorted(task_gen.SPLIT_SEEDS))}) "
+            "nor a folder with prompts.jsonl",
+            "pass test, or a folder written by the task export",
+        )
+    from mode_edge.formats.samples import load_image
 
     out = []
     for i, line in enumerate(lines_path.read_text().splitlines(), 1):
@@ -91,8 +107,10 @@ def load_examples(source: str, limit: int, start: int = 0) -> list[task_gen.Exam
             obj = json.loads(line)
             prompt, answer = obj["prompt"], str(obj["answer"])
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{lines_path}:{i} is not a JSON object with \"prompt\" and \"answer\"",
-                            "evaluation needs the expected answer on every line") from None
+            raise UserError(
+                f'{lines_path}:{i} is not a JSON object with "prompt" and "answer"',
+                "evaluation needs the expected answer on every line",
+            ) from None
         image = np.asarray(load_image(folder / obj["image"])) if obj.get("image") else None
         task = obj.get("task") or ("image" if image is not None else "text")
         out.append(task_gen.Example(task, prompt, answer, image))
@@ -112,20 +130,25 @@ class Model:
     def __init__(self, text: Path, mmproj: Path, n_ctx: int, threads: int):
         import llama_cpp
 
-        from mode_edge.run.mtmd import MtmdSession
+        from mode_edge.run import MtmdSession
 
         try:
             self.session = MtmdSession(text, mmproj, n_ctx=n_ctx, n_threads=threads)
         except (ValueError, RuntimeError) as e:
-            raise UserError(f"llama.cpp could not load {text} with {mmproj} ({e})",
-                            "check that both files come from the same `mode-edge convert` run") from None
+            raise UserError(
+                f"llama.cpp could not load {text} with {mmproj} ({e})",
+                "check that both files come from the same `mode-edge convert` run",
+            ) from None
         llm = self.session.llm
         self.template = llm.metadata.get("tokenizer.chat_template")
         if not self.template:
-            raise UserError(f"{text} has no chat template (tokenizer.chat_template)",
-                            "convert from a model folder that has one")
+            raise UserError(
+                f"{text} has no chat template (tokenizer.chat_template)",
+                "convert from a model folder that has one",
+            )
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        end = llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
+        self.arch = architecture_of_gguf(llm.metadata.get("general.architecture", ""))
+        end = llm.tokenize(self.arch.end_of_turn.encode(), add_bos=False, special=True)
         self.end_id = end[0] if len(end) == 1 else llm.token_eos()
         self._llama_cpp = llama_cpp
 
@@ -135,15 +158,24 @@ class Model:
     def prompt(self, ex: task_gen.Example) -> str:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        content = ([{"type": "image"}] if ex.image is not None else []) + [{"type": "text", "text": ex.prompt}]
+        content = ([{"type": "image"}] if ex.image is not None else []) + [
+            {"type": "text", "text": ex.prompt}
+        ]
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        text = env.from_string(self.template).render(messages=[{"role": "user", "content": content}],
-                                                     add_generation_prompt=True, bos_token="", eos_token="")
+        text = env.from_string(self.template).render(
+            messages=[{"role": "user", "content": content}],
+            add_generation_prompt=True,
+            bos_token="",
+            eos_token="",
+        )
         if ex.image is not None:
-            if MEDIA_PART not in text:
-                raise UserError("the GGUF's chat template does not place images as "
-                                f"{MEDIA_PART}", "use a Qwen-VL chat template")
-            text = text.replace(MEDIA_PART, self.session.marker, 1)
+            media = self.arch.media_part
+            if media not in text:
+                raise UserError(
+                    f"the GGUF's chat template does not place images as {media}",
+                    f"use the chat template of the {self.arch.arch} model it was converted from",
+                )
+            text = text.replace(media, self.session.marker, 1)
         return text
 
     def prefill(self, ex: task_gen.Example) -> tuple[int, np.ndarray]:
@@ -199,8 +231,8 @@ class EvalResult:
     tasks: str
     samples: int
     seconds: float
-    families: dict = field(default_factory=dict)   # family -> {n, correct, accuracy, kl}
-    by_task: dict = field(default_factory=dict)    # task -> {family, n, correct, accuracy, kl}
+    families: dict = field(default_factory=dict)  # family -> {n, correct, accuracy, kl}
+    by_task: dict = field(default_factory=dict)  # task -> {family, n, correct, accuracy, kl}
     kl_mean: float | None = None
     top1_agreement: float | None = None
     predictions: list = field(default_factory=list)
@@ -217,15 +249,27 @@ def _summ(rows: list[dict], with_kl: bool) -> dict:
         kls = [k for r in rows for k in r["kl"]]
         d["kl"] = float(np.mean(kls)) if kls else None
         agree = [a for r in rows for a in r["top1"]]
-        d["top1"] = float(np.mean(agree)) if agree else None   # answer positions whose argmax is the reference's
+        d["top1"] = (
+            float(np.mean(agree)) if agree else None
+        )  # answer positions whose argmax is the reference's
     return d
 
 
-def evaluate(model_path: Path, *, tasks: str = "test", limit: int = 208, reference: Path | None = None,
-             mmproj: Path | None = None, reference_mmproj: Path | None = None, threads: int | None = None,
-             n_ctx: int = 2048, max_new_tokens: int = 16,
-             on_sample: Callable[[int, int], None] | None = None,
-             reference_cache: dict | None = None, start: int = 0) -> EvalResult:
+def evaluate(
+    model_path: Path,
+    *,
+    tasks: str = "test",
+    limit: int = 208,
+    reference: Path | None = None,
+    mmproj: Path | None = None,
+    reference_mmproj: Path | None = None,
+    threads: int | None = None,
+    n_ctx: int = 2048,
+    max_new_tokens: int = 16,
+    on_sample: Callable[[int, int], None] | None = None,
+    reference_cache: dict | None = None,
+    start: int = 0,
+) -> EvalResult:
     """reference_cache: a dict kept by a caller that evaluates many files against one reference
     (benchmarks): the reference's answer logits are computed once per sample, not once per file."""
     text_path, mmproj_path = resolve_model(model_path, mmproj)
@@ -244,8 +288,14 @@ def evaluate(model_path: Path, *, tasks: str = "test", limit: int = 208, referen
         for i, ex in enumerate(examples):
             n_past, first = model.prefill(ex)
             output = model.greedy(n_past, first, max_new_tokens)
-            row = {"task": ex.task, "family": ex.family, "prompt": ex.prompt, "answer": ex.answer,
-                   "output": output, "correct": output.strip() == ex.answer.strip()}
+            row = {
+                "task": ex.task,
+                "family": ex.family,
+                "prompt": ex.prompt,
+                "answer": ex.answer,
+                "output": output,
+                "correct": output.strip() == ex.answer.strip(),
+            }
             if ref_paths is not None:
                 tokens = model.answer_tokens(ex.answer)
                 model.truncate(n_past)
@@ -263,9 +313,15 @@ def evaluate(model_path: Path, *, tasks: str = "test", limit: int = 208, referen
         if ref is not None:
             ref.close()
     with_kl = ref_paths is not None
-    res = EvalResult(model=str(text_path), mmproj=str(mmproj_path),
-                     reference=str(ref_paths[0]) if ref_paths else None, tasks=tasks, samples=len(rows),
-                     seconds=time.perf_counter() - t0, predictions=rows)
+    res = EvalResult(
+        model=str(text_path),
+        mmproj=str(mmproj_path),
+        reference=str(ref_paths[0]) if ref_paths else None,
+        tasks=tasks,
+        samples=len(rows),
+        seconds=time.perf_counter() - t0,
+        predictions=rows,
+    )
     for fam in ("vision", "text"):
         sel = [r for r in rows if r["family"] == fam]
         if sel:

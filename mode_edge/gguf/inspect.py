@@ -9,7 +9,7 @@ from typing import Any
 from gguf import GGUFReader, GGUFValueType
 
 from mode_edge.errors import UserError
-from mode_edge.gguf.groups import GROUPS_KEY, expert_types
+from mode_edge.formats.groups import GROUPS_KEY, expert_types
 
 
 def field_value(reader: GGUFReader, key: str) -> Any:
@@ -27,7 +27,9 @@ def open_gguf(path: Path) -> GGUFReader:
     try:
         return GGUFReader(path)
     except Exception as e:  # gguf-py raises ValueError/struct errors on garbage
-        raise UserError(f"{path} is not a readable GGUF file ({e})", "check the path; the file may be truncated") from None
+        raise UserError(
+            f"{path} is not a readable GGUF file ({e})", "check the path; the file may be truncated"
+        ) from None
 
 
 def summarize(path: Path) -> dict[str, Any]:
@@ -40,8 +42,15 @@ def summarize(path: Path) -> dict[str, Any]:
         counts[t.tensor_type.name] += 1
         sizes[t.tensor_type.name] += int(t.n_bytes)
         n_params += int(t.n_elements)
-    keys = ["general.name", "general.file_type", f"{arch}.block_count", f"{arch}.expert_count",
-            f"{arch}.expert_used_count", "clip.projector_type", "tokenizer.ggml.pre"]
+    keys = [
+        "general.name",
+        "general.file_type",
+        f"{arch}.block_count",
+        f"{arch}.expert_count",
+        f"{arch}.expert_used_count",
+        "clip.projector_type",
+        "tokenizer.ggml.pre",
+    ]
     experts = {name: dict(Counter(t.name for t in types)) for name, types in expert_types(reader).items()}
     return {
         "path": str(path),
@@ -49,7 +58,9 @@ def summarize(path: Path) -> dict[str, Any]:
         "file_bytes": path.stat().st_size,
         "tensor_count": len(reader.tensors),
         "parameters": n_params,
-        "types": {k: {"tensors": counts[k], "bytes": sizes[k]} for k in sorted(counts, key=lambda k: -sizes[k])},
+        "types": {
+            k: {"tensors": counts[k], "bytes": sizes[k]} for k in sorted(counts, key=lambda k: -sizes[k])
+        },
         "metadata": {k: field_value(reader, k) for k in keys if reader.get_field(k) is not None},
         "expert_groups": field_value(reader, GROUPS_KEY),
         "experts": experts,

@@ -13,15 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from mode_edge.allocate.plan import QuantPlan
-from mode_edge.gguf.groups import group_tensor_names, split_groups
-from mode_edge.gguf.tensors import Role, TensorSpec
-from mode_edge.gguf.writer import OutTensor
-from mode_edge.quant_types import fallback
 from mode_edge.errors import UserError
-from mode_edge.quantize.encode import encode_experts, encode_rows_parallel
-from mode_edge.quantize.ggml_lib import requires_imatrix
-from mode_edge.quantize.imatrix import Imatrix
+from mode_edge.formats.groups import group_tensor_names, split_groups
+from mode_edge.formats.imatrix import Imatrix
+from mode_edge.formats.plan import QuantPlan
+from mode_edge.formats.quant_types import fallback
+from mode_edge.formats.tensors import Role, TensorSpec
+from mode_edge.gguf.writer import OutTensor
+from mode_edge.quantize import encode_experts, encode_rows_parallel, requires_imatrix
 
 T = GGMLQuantizationType
 
@@ -36,10 +35,16 @@ def resolve_types(spec: TensorSpec, plan: QuantPlan, *, mmproj: bool = False) ->
     """The stored type of a tensor, or of each of its experts, after fallbacks."""
     if keeps_f32(spec):
         return T.F32
-    want = plan.mmproj if mmproj else plan.tensors.get(spec.name, plan.default if plan.default is not None else T.F16)
+    want = (
+        plan.mmproj
+        if mmproj
+        else plan.tensors.get(spec.name, plan.default if plan.default is not None else T.F16)
+    )
     if isinstance(want, list):
         if spec.role != Role.EXPERT or len(want) != spec.n_expert:
-            raise ValueError(f"plan gives {len(want)} types for {spec.name}, which has {spec.n_expert} experts")
+            raise ValueError(
+                f"plan gives {len(want)} types for {spec.name}, which has {spec.n_expert} experts"
+            )
         types = [fallback(t, spec.row_size) for t in want]
         return types[0] if len(set(types)) == 1 else types
     return fallback(want, spec.row_size)
@@ -48,11 +53,12 @@ def resolve_types(spec: TensorSpec, plan: QuantPlan, *, mmproj: bool = False) ->
 class Packer:
     """Builds OutTensors for a plan; owns the thread pool the quantizer runs in."""
 
-    def __init__(self, plan: QuantPlan, imatrix: Imatrix | None = None, n_threads: int = 1,
-                 check_imatrix: bool = True):
+    def __init__(
+        self, plan: QuantPlan, imatrix: Imatrix | None = None, n_threads: int = 1, check_imatrix: bool = True
+    ):
         self.plan = plan
         self.imatrix = imatrix
-        self.check_imatrix = check_imatrix   # off when only sizes are wanted (importance changes no byte)
+        self.check_imatrix = check_imatrix  # off when only sizes are wanted (importance changes no byte)
         self.n_threads = max(1, n_threads)
         self.pool = ThreadPoolExecutor(self.n_threads)
         self.grouped = False
@@ -76,8 +82,10 @@ class Packer:
     def _check_imatrix(self, spec: TensorSpec, types: list[T]) -> None:
         needy = sorted({t.name for t in types if requires_imatrix(t)})
         if needy and self._importance(spec) is None:
-            raise UserError(f"{spec.name} is planned as {needy[0]}, which needs an importance matrix, and none covers it",
-                            "pass --imatrix with an entry for it, or choose a type >= Q2_K for it")
+            raise UserError(
+                f"{spec.name} is planned as {needy[0]}, which needs an importance matrix, and none covers it",
+                "pass --imatrix with an entry for it, or choose a type >= Q2_K for it",
+            )
 
     def tensors(self, specs: list[TensorSpec], *, mmproj: bool = False) -> list[OutTensor]:
         """Resolve every tensor's type(s) up front (errors before any file is opened)."""
@@ -92,8 +100,11 @@ class Packer:
                     w_name, i_name = group_tensor_names(spec.name, k)
                     shape = (len(ids),) + spec.shape[1:]
                     out.append(OutTensor(w_name, shape, t, self._experts_producer(spec, t, ids)))
-                    out.append(OutTensor(i_name, (len(ids),), T.I32,
-                                         (lambda ids=ids: np.asarray(ids, dtype=np.int32))))
+                    out.append(
+                        OutTensor(
+                            i_name, (len(ids),), T.I32, (lambda ids=ids: np.asarray(ids, dtype=np.int32))
+                        )
+                    )
             else:
                 out.append(OutTensor(spec.name, spec.shape, types, self._producer(spec, types)))
         return out
@@ -101,16 +112,21 @@ class Packer:
     def _experts_producer(self, spec: TensorSpec, t: T, ids: list[int]):
         def produce() -> np.ndarray:
             return encode_experts(t, self._expert_loader(spec), ids, self._importance(spec), self.pool)
+
         return produce
 
     def _producer(self, spec: TensorSpec, t: T):
         def produce() -> np.ndarray:
             if spec.role == Role.EXPERT:
-                return encode_experts(t, self._expert_loader(spec), range(spec.n_expert),
-                                      self._importance(spec), self.pool)
+                return encode_experts(
+                    t, self._expert_loader(spec), range(spec.n_expert), self._importance(spec), self.pool
+                )
             data = spec.load()
             if tuple(data.shape) != spec.shape:
                 raise RuntimeError(f"{spec.name}: loaded shape {data.shape}, expected {spec.shape}")
             imp = self._importance(spec)
-            return encode_rows_parallel(t, data, imp[0] if imp is not None else None, self.pool, self.n_threads)
+            return encode_rows_parallel(
+                t, data, imp[0] if imp is not None else None, self.pool, self.n_threads
+            )
+
         return produce

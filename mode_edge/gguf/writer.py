@@ -10,14 +10,14 @@ of a command is complete.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from mode_edge.quant_types import row_bytes
+from mode_edge.formats.quant_types import row_bytes
 
 
 def tensor_nbytes(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> int:
@@ -38,7 +38,9 @@ class OutTensor:
         return tensor_nbytes(self.shape, self.ggml_type)
 
 
-def _start(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None], tensors: list[OutTensor]) -> GGUFWriter:
+def _start(
+    path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None], tensors: list[OutTensor]
+) -> GGUFWriter:
     w = GGUFWriter(path, arch)
     add_metadata(w)
     for t in tensors:
@@ -66,8 +68,13 @@ def gguf_file_size(arch: str, add_metadata: Callable[[GGUFWriter], None], tensor
     return GGUFWriter.ggml_pad(header, align) + sum(GGUFWriter.ggml_pad(t.nbytes, align) for t in tensors)
 
 
-def write_gguf(path: Path, arch: str, add_metadata: Callable[[GGUFWriter], None],
-               tensors: list[OutTensor], on_tensor: Callable[[OutTensor], None] | None = None) -> int:
+def write_gguf(
+    path: Path,
+    arch: str,
+    add_metadata: Callable[[GGUFWriter], None],
+    tensors: list[OutTensor],
+    on_tensor: Callable[[OutTensor], None] | None = None,
+) -> int:
     """Write a complete GGUF file at `path` (the caller's temporary name). Returns its size."""
     w = _start(path, arch, add_metadata, tensors)
     try:

@@ -25,8 +25,9 @@ def lib_dir() -> Path:
     try:
         import llama_cpp
     except ImportError:
-        raise UserError("llama-cpp-python is not installed",
-                        "install mode-edge with its dependencies (pip install -e .)") from None
+        raise UserError(
+            "llama-cpp-python is not installed", "install mode-edge with its dependencies (pip install -e .)"
+        ) from None
     return Path(llama_cpp.__file__).parent / "lib"
 
 
@@ -35,12 +36,20 @@ def lib() -> ctypes.CDLL:
     d = lib_dir()
     candidates = sorted(d.glob("libggml-base.*")) + sorted(d.glob("ggml-base.*"))
     if not candidates:
-        raise UserError(f"libggml-base not found in {d}",
-                        "reinstall llama-cpp-python==0.3.36 (it ships ggml's shared libraries)")
+        raise UserError(
+            f"libggml-base not found in {d}",
+            "reinstall llama-cpp-python==0.3.36 (it ships ggml's shared libraries)",
+        )
     so = ctypes.CDLL(str(candidates[0]))
-    so.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p,
-                                       ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                       ctypes.POINTER(ctypes.c_float)]
+    so.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(ctypes.c_float),
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.POINTER(ctypes.c_float),
+    ]
     so.ggml_quantize_chunk.restype = ctypes.c_size_t
     so.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
     so.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
@@ -83,8 +92,14 @@ def quantize_rows(t: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray
     out = np.empty(n_rows * row_size(t, n_per_row), dtype=np.uint8)
     fptr = ctypes.POINTER(ctypes.c_float)
     written = lib().ggml_quantize_chunk(
-        int(t), rows.ctypes.data_as(fptr), out.ctypes.data_as(ctypes.c_void_p), 0, n_rows, n_per_row,
-        imatrix.ctypes.data_as(fptr) if imatrix is not None else None)
+        int(t),
+        rows.ctypes.data_as(fptr),
+        out.ctypes.data_as(ctypes.c_void_p),
+        0,
+        n_rows,
+        n_per_row,
+        imatrix.ctypes.data_as(fptr) if imatrix is not None else None,
+    )
     if written != out.nbytes:
         raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.nbytes}")
     return out

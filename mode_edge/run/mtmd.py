@@ -23,8 +23,15 @@ def quiet_mtmd_logs() -> None:
 
 
 class MtmdSession:
-    def __init__(self, model_path: Path, mmproj_path: Path, n_ctx: int = 2048, n_threads: int = 2,
-                 f32_kv: bool = False, verbose: bool = False):
+    def __init__(
+        self,
+        model_path: Path,
+        mmproj_path: Path,
+        n_ctx: int = 2048,
+        n_threads: int = 2,
+        f32_kv: bool = False,
+        verbose: bool = False,
+    ):
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd
 
@@ -32,8 +39,9 @@ class MtmdSession:
         if not verbose:
             quiet_mtmd_logs()
         kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_kv else {}
-        self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads,
-                                   verbose=verbose, **kv)
+        self.llm = llama_cpp.Llama(
+            str(model_path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads, verbose=verbose, **kv
+        )
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = False
         params.n_threads = n_threads
@@ -49,7 +57,7 @@ class MtmdSession:
             self.ctx = None
         self.llm.close()
 
-    def __enter__(self) -> "MtmdSession":
+    def __enter__(self) -> MtmdSession:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -108,8 +116,9 @@ class MtmdSession:
         chunks = self._tokenize(prompt, images)
         try:
             new_past = llama_cpp.llama_pos(0)
-            rc = m.mtmd_helper_eval_chunks(self.ctx, self.llm.ctx, chunks, 0, 0, self.llm.n_batch,
-                                           True, ctypes.byref(new_past))
+            rc = m.mtmd_helper_eval_chunks(
+                self.ctx, self.llm.ctx, chunks, 0, 0, self.llm.n_batch, True, ctypes.byref(new_past)
+            )
             if rc != 0:
                 raise RuntimeError(f"mtmd_helper_eval_chunks failed ({rc})")
         finally:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 # llama.cpp's common/common.h LLM_FFN_EXPS_REGEX, per layer for --n-cpu-moe
 EXPS = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 _LOG = re.compile(r"tensor (?P<name>\S+) \(.*\) buffer type overridden to (?P<buft>\S+)")
-_KEEP: list = []   # override tables stay alive with the models that were loaded with them
+_KEEP: list = []  # override tables stay alive with the models that were loaded with them
 
 
 def patterns(cpu_moe: bool, n_cpu_moe: int | None) -> list[str]:
@@ -33,7 +33,7 @@ class _Override(ctypes.Structure):
 
 
 def _cpu_buffer_type() -> int:
-    from mode_edge.quantize.ggml_lib import lib_dir
+    from mode_edge.quantize import lib_dir
 
     d = lib_dir()
     libs = sorted(d.glob("libggml-cpu.*")) + sorted(d.glob("ggml-cpu.*"))
@@ -49,15 +49,17 @@ class Placement:
     """Where llama.cpp put each overridden tensor (filled while the model loads)."""
 
     patterns: list[str]
-    tensors: dict[str, str] = field(default_factory=dict)   # tensor name -> buffer type name
+    tensors: dict[str, str] = field(default_factory=dict)  # tensor name -> buffer type name
 
     def summary(self) -> str:
         if not self.patterns:
             return "no expert offload"
         layers = sorted({int(m.group(1)) for n in self.tensors if (m := re.match(r"blk\.(\d+)\.", n))})
         bufts = sorted(set(self.tensors.values()))
-        return (f"expert offload: {len(self.tensors)} expert tensors of {len(layers)} MoE layers "
-                f"({', '.join(map(str, layers))}) in host memory ({', '.join(bufts) or 'none'})")
+        return (
+            f"expert offload: {len(self.tensors)} expert tensors of {len(layers)} MoE layers "
+            f"({', '.join(map(str, layers))}) in host memory ({', '.join(bufts) or 'none'})"
+        )
 
 
 @contextlib.contextmanager
@@ -87,7 +89,7 @@ def placement(cpu_moe: bool = False, n_cpu_moe: int | None = None, verbose: bool
         m = _LOG.search(line)
         if m:
             result.tensors[m["name"]] = m["buft"]
-        lcp_logger.llama_log_callback(level, text, user_data)   # llama-cpp-python's own filter prints
+        lcp_logger.llama_log_callback(level, text, user_data)  # llama-cpp-python's own filter prints
 
     lib.llama_model_default_params = with_overrides
     llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
@@ -96,4 +98,4 @@ def placement(cpu_moe: bool = False, n_cpu_moe: int | None = None, verbose: bool
     finally:
         lib.llama_model_default_params = original
         llama_cpp.llama_log_set(lcp_logger.llama_log_callback, ctypes.c_void_p(0))
-        _KEEP.append(table)   # the model keeps a pointer to it in its parameters
+        _KEEP.append(table)  # the model keeps a pointer to it in its parameters

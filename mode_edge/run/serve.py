@@ -53,13 +53,18 @@ def _image_bytes(url: str, limits: Limits) -> bytes:
     if parsed.scheme == "file":
         path = Path(unquote(parsed.path)).resolve()
         if not any(path.is_relative_to(d) for d in limits.allow_dirs):
-            raise Refusal(403, f"file URLs are only served from folders given with --allow-images; {path} is not in one")
+            raise Refusal(
+                403, f"file URLs are only served from folders given with --allow-images; {path} is not in one"
+            )
         try:
             return path.read_bytes()
         except OSError as e:
             raise Refusal(400, f"cannot read image {path} ({e.__class__.__name__})") from None
-    raise Refusal(400, f"image URLs with scheme {parsed.scheme or '(none)'!r} are not fetched; "
-                       "send the image as a data: URL")
+    raise Refusal(
+        400,
+        f"image URLs with scheme {parsed.scheme or '(none)'!r} are not fetched; "
+        "send the image as a data: URL",
+    )
 
 
 def check_image(url: str, limits: Limits) -> bytes:
@@ -68,15 +73,20 @@ def check_image(url: str, limits: Limits) -> bytes:
 
     data = _image_bytes(url, limits)
     try:
-        with Image.open(io.BytesIO(data)) as im:   # the header only: no pixel is decoded here
+        with Image.open(io.BytesIO(data)) as im:  # the header only: no pixel is decoded here
             w, h = im.size
-    except Image.DecompressionBombError as e:      # PIL's own guard, above 2x its pixel limit
-        raise Refusal(413, f"an image is far above the limit of {limits.max_image_pixels:,} pixels ({e})") from None
+    except Image.DecompressionBombError as e:  # PIL's own guard, above 2x its pixel limit
+        raise Refusal(
+            413, f"an image is far above the limit of {limits.max_image_pixels:,} pixels ({e})"
+        ) from None
     except (UnidentifiedImageError, OSError):
         raise Refusal(400, "an image in the request is not a readable PNG, JPEG, WebP or GIF") from None
     if w * h > limits.max_image_pixels:
-        raise Refusal(413, f"an image is {w}x{h} pixels, above the limit of {limits.max_image_pixels:,} "
-                           "(--max-image-pixels)")
+        raise Refusal(
+            413,
+            f"an image is {w}x{h} pixels, above the limit of {limits.max_image_pixels:,} "
+            "(--max-image-pixels)",
+        )
     return data
 
 
@@ -86,7 +96,7 @@ def check_chat_body(body: bytes, limits: Limits) -> bytes:
     try:
         req = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return body   # not JSON: the app answers 422 itself
+        return body  # not JSON: the app answers 422 itself
     changed = False
     messages = req.get("messages") if isinstance(req, dict) else None
     for msg in messages if isinstance(messages, list) else []:
@@ -112,20 +122,35 @@ class Guard:
         self.app, self.limits, self.api_key = app, limits, api_key
 
     async def _refuse(self, send, status: int, message: str) -> None:
-        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": status}}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {"error": {"message": message, "type": "invalid_request_error", "code": status}}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.api_key is not None and headers.get(b"authorization", b"").decode() != f"Bearer {self.api_key}":
+        if (
+            self.api_key is not None
+            and headers.get(b"authorization", b"").decode() != f"Bearer {self.api_key}"
+        ):
             return await self._refuse(send, 401, "invalid or missing API key (Authorization: Bearer KEY)")
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_request_bytes:
-            return await self._refuse(send, 413, f"request body above {self.limits.max_request_bytes:,} bytes")
+            return await self._refuse(
+                send, 413, f"request body above {self.limits.max_request_bytes:,} bytes"
+            )
         chunks, size = [], 0
         while True:
             msg = await receive()
@@ -134,7 +159,9 @@ class Guard:
             chunks.append(msg.get("body", b""))
             size += len(chunks[-1])
             if size > self.limits.max_request_bytes:
-                return await self._refuse(send, 413, f"request body above {self.limits.max_request_bytes:,} bytes")
+                return await self._refuse(
+                    send, 413, f"request body above {self.limits.max_request_bytes:,} bytes"
+                )
             if not msg.get("more_body"):
                 break
         body = b"".join(chunks)
@@ -152,14 +179,27 @@ class Guard:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-length"]
-                 + [(b"content-length", str(len(body)).encode())]}
+        scope = {
+            **scope,
+            "headers": [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+            + [(b"content-length", str(len(body)).encode())],
+        }
         return await self.app(scope, replay, send)
 
 
-def build_app(text_path: Path, mmproj_path: Path, *, n_ctx: int, n_gpu_layers: int = 0, threads: int | None = None,
-              api_key: str | None = None, limits: Limits | None = None, cpu_moe: bool = False,
-              n_cpu_moe: int | None = None, verbose: bool = False):
+def build_app(
+    text_path: Path,
+    mmproj_path: Path,
+    *,
+    n_ctx: int,
+    n_gpu_layers: int = 0,
+    threads: int | None = None,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    cpu_moe: bool = False,
+    n_cpu_moe: int | None = None,
+    verbose: bool = False,
+):
     """(ASGI app, expert placement) for one converted model."""
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -170,16 +210,25 @@ def build_app(text_path: Path, mmproj_path: Path, *, n_ctx: int, n_gpu_layers: i
         from mode_edge.run.mtmd import quiet_mtmd_logs
 
         quiet_mtmd_logs()
-    model = ModelSettings(model=str(text_path), model_alias=text_path.stem, chat_format="mtmd",
-                          clip_model_path=str(mmproj_path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
-                          verbose=verbose, **({"n_threads": threads, "n_threads_batch": threads} if threads else {}))
+    model = ModelSettings(
+        model=str(text_path),
+        model_alias=text_path.stem,
+        chat_format="mtmd",
+        clip_model_path=str(mmproj_path),
+        n_ctx=n_ctx,
+        n_gpu_layers=n_gpu_layers,
+        verbose=verbose,
+        **({"n_threads": threads, "n_threads_batch": threads} if threads else {}),
+    )
     server = ServerSettings(api_key=api_key)
     try:
         with placement(cpu_moe, n_cpu_moe) as where:
-            app = create_app(server_settings=server, model_settings=[model])   # loads the model
+            app = create_app(server_settings=server, model_settings=[model])  # loads the model
     except (ValueError, RuntimeError) as e:
-        raise UserError(f"llama.cpp could not load {text_path.name} ({e})",
-                        "rerun with --verbose to see llama.cpp's reason") from None
+        raise UserError(
+            f"llama.cpp could not load {text_path.name} ({e})",
+            "rerun with --verbose to see llama.cpp's reason",
+        ) from None
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:

@@ -1,10 +1,12 @@
 """`mode-edge runtime build`: llama-cpp-python 0.3.36 from the package index, our patch, a wheel.
 
-The source release is fetched with pip (never committed here), vendor/llama.cpp.patch is
-applied to its bundled llama.cpp (a patch that no longer applies is reported, not forced),
-and the wheel is built with pip and installed into the running environment. Wheels are
-cached under $MODE_EDGE_CACHE (default ~/.cache/mode-edge) by (version, patch hash, build
-flags), so a reinstall is a copy.
+The source release is fetched with pip (never committed here), the patch series
+vendor/patches/0001-*.patch, 0002-*, … is applied in order to its bundled llama.cpp (a patch
+that no longer applies is reported, not forced), and the wheel is built with pip and installed
+into the running environment. The series is package data (installed as
+mode_edge.runtime.patches), so this works from a wheel or sdist as well as from a checkout.
+Wheels are cached under $MODE_EDGE_CACHE (default ~/.cache/mode-edge) by (version, hash of the
+whole series, build flags), so a reinstall is a copy.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mode_edge.errors import UserError
 
@@ -29,12 +31,30 @@ VERSION = "0.3.36"
 PACKAGE = "llama-cpp-python"
 
 
-def patch_path() -> Path:
-    env = os.environ.get("MODE_EDGE_PATCH")
-    p = Path(env) if env else Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp.patch"
-    if not p.is_file():
-        raise UserError(f"the runtime patch {p} is missing", "run from a mode-edge checkout (pip install -e .)")
-    return p
+def patch_series() -> list[Path]:
+    """The patches in the order they apply ($MODE_EDGE_PATCHES: another folder of them)."""
+    env = os.environ.get("MODE_EDGE_PATCHES")
+    checkout = Path(__file__).resolve().parents[2] / "vendor" / "patches"
+    if env:
+        folder = Path(env)
+    elif checkout.is_dir():  # a source checkout, also before mode-edge is installed
+        folder = checkout
+    else:  # an installed wheel: the series is package data
+        from importlib.resources import files
+
+        folder = Path(str(files("mode_edge.runtime.patches")))
+    series = sorted(folder.glob("[0-9][0-9][0-9][0-9]-*.patch"))
+    if not series:
+        raise UserError(
+            f"no runtime patches (NNNN-*.patch) in {folder}",
+            "reinstall mode-edge: its package data is incomplete",
+        )
+    return series
+
+
+def series_bytes(series: list[Path]) -> bytes:
+    """What the cache key hashes: every patch's name and bytes, in order."""
+    return b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in series)
 
 
 def cmake_flags(cuda: bool, metal: bool) -> list[str]:
@@ -48,7 +68,7 @@ def cmake_flags(cuda: bool, metal: bool) -> list[str]:
 
 def cache_dir(flags: list[str], stock: bool = False) -> Path:
     root = Path(os.environ.get("MODE_EDGE_CACHE") or Path.home() / ".cache" / "mode-edge")
-    patch = b"" if stock else patch_path().read_bytes()
+    patch = b"" if stock else series_bytes(patch_series())
     key = hashlib.sha256(patch + f"{VERSION}|{' '.join(flags)}".encode()).hexdigest()[:16]
     return root / "runtime" / f"{VERSION}-{'stock-' if stock else ''}{key}"
 
@@ -56,8 +76,9 @@ def cache_dir(flags: list[str], stock: bool = False) -> Path:
 _UNIT = re.compile(r"\[(\d+)/(\d+)\]")
 
 
-def _run_with_progress(cmd: list[str], log: Callable[[str], None], say: Callable[[str], None],
-                       every: float = 10.0, **kw) -> None:
+def _run_with_progress(
+    cmd: list[str], log: Callable[[str], None], say: Callable[[str], None], every: float = 10.0, **kw
+) -> None:
     """Run cmd, streaming its output: every line to `log`, and to `say` a progress line at most
     every `every` seconds (ninja's [done/total] units when the build prints them, else elapsed
     time). A failure raises with the last 30 lines."""
@@ -80,8 +101,10 @@ def _run_with_progress(cmd: list[str], log: Callable[[str], None], say: Callable
             done = f"{units[0]}/{units[1]} compiled units, " if units else ""
             say(f"  compiling: {done}{_elapsed(now - t0)}")
     if proc.wait() != 0:
-        raise UserError(f"`{' '.join(cmd[:4])} …` failed (exit {proc.returncode}):\n" + "\n".join(tail),
-                        "see the output above; network access to the package index is needed")
+        raise UserError(
+            f"`{' '.join(cmd[:4])} …` failed (exit {proc.returncode}):\n" + "\n".join(tail),
+            "see the output above; network access to the package index is needed",
+        )
 
 
 def _elapsed(seconds: float) -> str:
@@ -93,25 +116,45 @@ def _run(cmd: list[str], log: Callable[[str], None], **kw) -> None:
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.splitlines()[-30:])
-        raise UserError(f"`{' '.join(cmd[:4])} …` failed (exit {proc.returncode}):\n{tail}",
-                        "see the output above; network access to the package index is needed")
+        raise UserError(
+            f"`{' '.join(cmd[:4])} …` failed (exit {proc.returncode}):\n{tail}",
+            "see the output above; network access to the package index is needed",
+        )
 
 
-def _apply(src: Path, patch: Path, log: Callable[[str], None]) -> None:
-    llama = src / "vendor" / "llama.cpp"
-    check = subprocess.run(["patch", "-p1", "--dry-run", "--forward", "-i", str(patch)], cwd=llama,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if check.returncode != 0:
-        first = next((line for line in check.stdout.splitlines() if "FAILED" in line or "can't find" in line),
-                     check.stdout.strip().splitlines()[-1] if check.stdout.strip() else "unknown reason")
-        raise UserError(f"vendor/llama.cpp.patch no longer applies to {PACKAGE} {VERSION}: {first}",
-                        "update the patch against this release (see vendor/README.md)")
-    _run(["patch", "-p1", "--forward", "-i", str(patch)], log, cwd=llama)
+def apply_series(llama: Path, series: list[Path], log: Callable[[str], None]) -> None:
+    """Apply each patch to the llama.cpp tree `llama` in order; each is dry-run first, so a
+    patch that no longer applies stops the build before it changes anything of its own."""
+    for patch in series:
+        check = subprocess.run(
+            ["patch", "-p1", "--dry-run", "--forward", "-i", str(patch)],
+            cwd=llama,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        if check.returncode != 0:
+            first = next(
+                (line for line in check.stdout.splitlines() if "FAILED" in line or "can't find" in line),
+                check.stdout.strip().splitlines()[-1] if check.stdout.strip() else "unknown reason",
+            )
+            raise UserError(
+                f"runtime patch {patch.name} no longer applies to {PACKAGE} {VERSION}: {first}",
+                "update the series against this release (see vendor/README.md)",
+            )
+        _run(["patch", "-p1", "--forward", "-i", str(patch)], log, cwd=llama)
 
 
-def build(cuda: bool = False, metal: bool = False, force: bool = False, jobs: int | None = None,
-          install: bool = True, log: Callable[[str], None] = print, stock: bool = False,
-          say: Callable[[str], None] = lambda m: None) -> Path:
+def build(
+    cuda: bool = False,
+    metal: bool = False,
+    force: bool = False,
+    jobs: int | None = None,
+    install: bool = True,
+    log: Callable[[str], None] = print,
+    stock: bool = False,
+    say: Callable[[str], None] = lambda m: None,
+) -> Path:
     """Build (or take from the cache) the patched wheel; install it unless install=False.
 
     log gets every command and output line (--verbose), say the stages and progress.
@@ -122,8 +165,10 @@ def build(cuda: bool = False, metal: bool = False, force: bool = False, jobs: in
     wheels = sorted(cache.glob("*.whl"))
     t0 = time.monotonic()
     if force or not wheels:
-        say(f"building llama-cpp-python {VERSION}{'' if stock else ' with mode-edge patch'} once "
-            f"(6-15 min on 2 cores; cached in {cache.parent})")
+        say(
+            f"building llama-cpp-python {VERSION}{'' if stock else ' with mode-edge patch'} once "
+            f"(6-15 min on 2 cores; cached in {cache.parent})"
+        )
         wheels = [_build_wheel(cache, flags, jobs, log, stock, say)]
         say(f"built in {_elapsed(time.monotonic() - t0)}")
     else:
@@ -132,32 +177,62 @@ def build(cuda: bool = False, metal: bool = False, force: bool = False, jobs: in
     if install:
         say("installing it into this environment")
         _run([sys.executable, "-m", "pip", "install", "--force-reinstall", "--no-deps", str(wheels[0])], log)
-        _run([sys.executable, "-m", "pip", "install", str(wheels[0])], log)   # its dependencies, if missing
+        _run([sys.executable, "-m", "pip", "install", str(wheels[0])], log)  # its dependencies, if missing
     return wheels[0]
 
 
-def _build_wheel(cache: Path, flags: list[str], jobs: int | None, log: Callable[[str], None],
-                 stock: bool = False, say: Callable[[str], None] = lambda m: None) -> Path:
-    patch = patch_path()
+def _build_wheel(
+    cache: Path,
+    flags: list[str],
+    jobs: int | None,
+    log: Callable[[str], None],
+    stock: bool = False,
+    say: Callable[[str], None] = lambda m: None,
+) -> Path:
+    series = [] if stock else patch_series()
     with tempfile.TemporaryDirectory(prefix="mode-edge-runtime-") as tmp:
         tmp = Path(tmp)
         say(f"[1/4] downloading the {PACKAGE} {VERSION} source release")
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-              f"{PACKAGE}=={VERSION}", "-d", str(tmp / "dl")], log)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"{PACKAGE}=={VERSION}",
+                "-d",
+                str(tmp / "dl"),
+            ],
+            log,
+        )
         archive = next((tmp / "dl").glob("*.tar.gz"))
         with tarfile.open(archive) as tar:
             tar.extractall(tmp / "src", filter="data")
         src = next((tmp / "src").iterdir())
         if not stock:
-            say(f"[2/4] applying {patch.name} to its llama.cpp")
-            _apply(src, patch, log)
-        env = dict(os.environ, CMAKE_ARGS=" ".join(flags),
-                   CMAKE_BUILD_PARALLEL_LEVEL=str(jobs or os.cpu_count() or 2))
+            say(
+                f"[2/4] applying {len(series)} patches to its llama.cpp ({series[0].name} … {series[-1].name})"
+            )
+            apply_series(src / "vendor" / "llama.cpp", series, log)
+        env = dict(
+            os.environ,
+            CMAKE_ARGS=" ".join(flags),
+            CMAKE_BUILD_PARALLEL_LEVEL=str(jobs or os.cpu_count() or 2),
+        )
         out = tmp / "wheel"
-        say(f"[3/4] compiling llama.cpp with {env['CMAKE_BUILD_PARALLEL_LEVEL']} jobs"
-            + (f" ({' '.join(flags)})" if flags else " (CPU)"))
-        _run_with_progress([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(src)],
-                           log, say, env=env)
+        say(
+            f"[3/4] compiling llama.cpp with {env['CMAKE_BUILD_PARALLEL_LEVEL']} jobs"
+            + (f" ({' '.join(flags)})" if flags else " (CPU)")
+        )
+        _run_with_progress(
+            [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(src)],
+            log,
+            say,
+            env=env,
+        )
         say("[4/4] caching the wheel")
         wheel = next(out.glob("*.whl"))
         partial = cache.with_name(cache.name + ".partial")
@@ -199,9 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     try:
-        wheel = build(args.cuda, args.metal, args.force, install=not (args.no_install or args.stock),
-                      log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None), stock=args.stock,
-                      say=lambda m: print(m, flush=True))
+        wheel = build(
+            args.cuda,
+            args.metal,
+            args.force,
+            install=not (args.no_install or args.stock),
+            log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None),
+            stock=args.stock,
+            say=lambda m: print(m, flush=True),
+        )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mode_edge.signals.stats import KEY, RED, TEXT
+from mode_edge.formats.stats import KEY, RED, TEXT
 from mode_edge.signals.sensitivity import stored
 
-INPUTS = ("attn_in", "o_in")   # what q/k/v read, what o_proj reads
+INPUTS = ("attn_in", "o_in")  # what q/k/v read, what o_proj reads
 
 
 class AttentionRecorder:
@@ -50,7 +50,10 @@ class AttentionRecorder:
             plain = imp[2].astype(np.float32) if imp[2].any() else None
             w = w.detach().float().cpu()
             for ti, t in enumerate(types):
-                err = ((w - stored(w, t, plain)) ** 2).mean(0).double().numpy()   # [in]
+                err = ((w - stored(w, t, plain)) ** 2).mean(0).double().numpy()  # [in]
                 sens[i, ti] = imp @ err
-        return {"attn_tokens": self.tokens.copy(), "attn_sensitivity": sens,
-                **{f"{k}_sq": v.astype(np.float32) for k, v in self.sq.items()}}
+        return {
+            "attn_tokens": self.tokens.copy(),
+            "attn_sensitivity": sens,
+            **{f"{k}_sq": v.astype(np.float32) for k, v in self.sq.items()},
+        }

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from mode_edge.quantize.imatrix import Imatrix, ImatrixEntry
+from mode_edge.formats.imatrix import Imatrix, ImatrixEntry
 
 IMPORTANCES = ("plain", "veq-ma")
-GAMMA_REPORTED = 22.4    # VEQ's gamma for Qwen3-VL, used when calibration could not measure one
-PLAIN, WEIGHTED = 0, 1   # second axis of in_sq / mid_sq
+GAMMA_REPORTED = 22.4  # VEQ's gamma for Qwen3-VL, used when calibration could not measure one
+PLAIN, WEIGHTED = 0, 1  # second axis of in_sq / mid_sq
 
 
 def _entry(kind: str, sq: np.ndarray, counts: np.ndarray, weights: np.ndarray, gamma: float) -> ImatrixEntry:
@@ -35,8 +35,9 @@ def _entry(kind: str, sq: np.ndarray, counts: np.ndarray, weights: np.ndarray, g
     raise ValueError(f"unknown importance {kind!r}")
 
 
-def expert_entries(kind: str, in_sq: np.ndarray, mid_sq: np.ndarray, counts: np.ndarray, weights: np.ndarray,
-                   gamma: float) -> tuple[ImatrixEntry, ImatrixEntry]:
+def expert_entries(
+    kind: str, in_sq: np.ndarray, mid_sq: np.ndarray, counts: np.ndarray, weights: np.ndarray, gamma: float
+) -> tuple[ImatrixEntry, ImatrixEntry]:
     """(gate/up input entry, down input entry) of one layer's experts."""
     in_sq, mid_sq = np.asarray(in_sq, dtype=np.float32), np.asarray(mid_sq, dtype=np.float32)
     return _entry(kind, in_sq, counts, weights, gamma), _entry(kind, mid_sq, counts, weights, gamma)
@@ -54,5 +55,9 @@ def method_imatrix(stats, kind: str, gamma: float = 1.0) -> Imatrix:
         n = np.array([d["attn_tokens"].sum()], dtype=np.float32) if "attn_tokens" in d else None
         for name, src in stats.manifest.get("attn_tensors", {}).get(str(layer), []):
             entries[name] = ImatrixEntry(d[f"{src}_sq"].sum(0, keepdims=True).astype(np.float32), n)
-    return Imatrix(entries, [stats.manifest.get("data", "mode-edge"), f"importance:{kind}"],
-                   stats.manifest.get("n_samples", 0), 0)
+    return Imatrix(
+        entries,
+        [stats.manifest.get("data", "mode-edge"), f"importance:{kind}"],
+        stats.manifest.get("n_samples", 0),
+        0,
+    )

@@ -12,8 +12,13 @@ import math
 import torch
 
 
-def query_positions(ids: torch.Tensor, image_mask: torch.Tensor, special: set[int], newline_ids: set[int],
-                    im_start_id: int | None) -> torch.Tensor:
+def query_positions(
+    ids: torch.Tensor,
+    image_mask: torch.Tensor,
+    special: set[int],
+    newline_ids: set[int],
+    im_start_id: int | None,
+) -> torch.Tensor:
     """Positions of text queries: after the first image token, not image, not special, and not
     the role header a chat template writes after <|im_start|> (up to its newline)."""
     T = ids.shape[0]
@@ -35,16 +40,17 @@ def query_positions(ids: torch.Tensor, image_mask: torch.Tensor, special: set[in
     return torch.nonzero(keep).flatten()
 
 
-def key_scores(q: torch.Tensor, k: torch.Tensor, scaling: float, queries: torch.Tensor,
-               image_mask: torch.Tensor) -> torch.Tensor:
+def key_scores(
+    q: torch.Tensor, k: torch.Tensor, scaling: float, queries: torch.Tensor, image_mask: torch.Tensor
+) -> torch.Tensor:
     """Mean post-softmax attention each image token receives from `queries` (causal rows)."""
-    qs = q[:, queries, :].float()                            # [H, nq, d]
+    qs = q[:, queries, :].float()  # [H, nq, d]
     scores = torch.einsum("hqd,htd->hqt", qs, k.float()) * scaling
     T = k.shape[1]
     causal = torch.arange(T, device=k.device)[None, :] > queries[:, None]  # [nq, T] keys after the query
     scores = scores.masked_fill(causal[None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    return probs[:, :, image_mask].mean(dim=(0, 1))           # [n_image]
+    return probs[:, :, image_mask].mean(dim=(0, 1))  # [n_image]
 
 
 def select_key_tokens(scores: torch.Tensor, rho: float) -> torch.Tensor:

@@ -17,11 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from mode_edge.formats.stats import KEY, MODALITIES, TEXT
 from mode_edge.signals.importance import IMPORTANCES, expert_entries
-from mode_edge.signals.sensitivity import expert_forward, expert_sensitivity, hessian_trace, norm_hessian_trace
-from mode_edge.signals.stats import KEY, MODALITIES, TEXT
+from mode_edge.signals.sensitivity import (
+    expert_forward,
+    expert_sensitivity,
+    hessian_trace,
+    norm_hessian_trace,
+)
 
-NORM_PROBES = 100   # MoPEQ's Hutchinson probes for its weight-norm Hessian
+NORM_PROBES = 100  # MoPEQ's Hutchinson probes for its weight-norm Hessian
 # token caches for sensitivity (per modality) and for the Hessian (all routed tokens)
 CACHES = ("text", "vision_key", "all")
 # sensitivity per cache: MODE uses text and key vision; pooled methods (MC-MoE, VEQ) use all
@@ -60,17 +65,17 @@ class BottomK:
             return
         if self.n + m <= self.cap:
             self._reserve(self.n + m, rows.shape[1])
-            self.buf[self.n: self.n + m] = rows
-            self.keys[self.n: self.n + m] = keys
+            self.buf[self.n : self.n + m] = rows
+            self.keys[self.n : self.n + m] = keys
             self.n += m
             return
         self._reserve(self.cap, rows.shape[1])
         allk = torch.cat([self.keys[: self.n], keys])
         keep = torch.zeros(allk.numel(), dtype=torch.bool)
         keep[torch.topk(allk, self.cap, largest=False).indices] = True
-        incoming = torch.nonzero(keep[self.n:]).flatten()          # new rows that stay
-        free = torch.nonzero(~keep[: self.n]).flatten()             # old slots they replace
-        tail = torch.arange(self.n, self.cap)                       # empty slots, if any
+        incoming = torch.nonzero(keep[self.n :]).flatten()  # new rows that stay
+        free = torch.nonzero(~keep[: self.n]).flatten()  # old slots they replace
+        tail = torch.arange(self.n, self.cap)  # empty slots, if any
         slots = torch.cat([free, tail])[: incoming.numel()]
         self.buf[slots] = rows[incoming]
         self.keys[slots] = keys[incoming]
@@ -85,15 +90,23 @@ class LayerRecorder:
         self.counts = np.zeros((3, E), dtype=np.int64)
         self.weight_sums = np.zeros((3, E), dtype=np.float64)
         self.prob_sums = np.zeros((3, E), dtype=np.float64)
-        self.in_sq = np.zeros((3, 2, E, hidden), dtype=np.float64)     # [modality, plain/weighted, E, H]
+        self.in_sq = np.zeros((3, 2, E, hidden), dtype=np.float64)  # [modality, plain/weighted, E, H]
         self.mid_sq = np.zeros((3, 2, E, expert_ff), dtype=np.float64)
         self.caches = {(c, e): BottomK(cap) for c in CACHES for e in range(E)}
         self.gen = torch.Generator().manual_seed(seed)
         self.n_key_tokens = 0
         self.n_image_tokens = 0
 
-    def add(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, modality: torch.Tensor, experts_fn,
-            p: torch.Tensor | None = None, counts_only: bool = False) -> None:
+    def add(
+        self,
+        x: torch.Tensor,
+        idx: torch.Tensor,
+        w: torch.Tensor,
+        modality: torch.Tensor,
+        experts_fn,
+        p: torch.Tensor | None = None,
+        counts_only: bool = False,
+    ) -> None:
         """x [T, H] MoE input, idx/w [T, k] router choices (w as the block scales outputs), p [T, k]
         the router's probabilities of those choices before renormalisation (w if None),
         modality [T] in {0,1,2}. counts_only: add to counts, weights and probabilities only."""
@@ -120,7 +133,7 @@ class LayerRecorder:
                 if counts_only:
                     continue
                 for arr, v in ((self.in_sq, xe[sel]), (self.mid_sq, mid[sel])):
-                    sq = (v.double() ** 2)
+                    sq = v.double() ** 2
                     arr[mi, 0, e] += sq.sum(0).numpy()
                     arr[mi, 1, e] += (sq * we[sel, None].double()).sum(0).numpy()
             if counts_only:
@@ -135,7 +148,9 @@ class LayerRecorder:
         inp, mid = expert_entries(kind, self.in_sq, self.mid_sq, self.counts, self.weight_sums, gamma)
         return inp.importance(), mid.importance()
 
-    def finish(self, experts_fn, types, probes: int, n_threads: int = 1, gamma: float = 1.0) -> dict[str, np.ndarray]:
+    def finish(
+        self, experts_fn, types, probes: int, n_threads: int = 1, gamma: float = 1.0
+    ) -> dict[str, np.ndarray]:
         """gamma: VEQ-MA's text weight, for the sensitivity under its importance."""
         imps = [self.importance(kind, gamma) for kind in IMPORTANCES]
         sens = np.zeros((len(IMPORTANCES), self.E, 4, len(types), len(SENS_MODALITIES)), dtype=np.float64)
@@ -161,9 +176,14 @@ class LayerRecorder:
             gen = torch.Generator().manual_seed(self.seed * 1009 + e)
             hess[e] = hessian_trace(wg, wu, wd, act, self.caches[("all", e)].rows, probes, gen)
         return {
-            "counts": self.counts, "weight_sums": self.weight_sums, "prob_sums": self.prob_sums,
-            "in_sq": self.in_sq.astype(np.float32), "mid_sq": self.mid_sq.astype(np.float32),
-            "sensitivity": sens, "hessian_trace": hess, "hessian_norm": norm_hess,
+            "counts": self.counts,
+            "weight_sums": self.weight_sums,
+            "prob_sums": self.prob_sums,
+            "in_sq": self.in_sq.astype(np.float32),
+            "mid_sq": self.mid_sq.astype(np.float32),
+            "sensitivity": sens,
+            "hessian_trace": hess,
+            "hessian_norm": norm_hess,
             "key_tokens": np.array([self.n_key_tokens, self.n_image_tokens], dtype=np.int64),
         }
 

@@ -29,13 +29,15 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, dequantize
 
-from mode_edge.quant_types import fallback
-from mode_edge.quantize.ggml_lib import quantize_rows
+from mode_edge.formats.quant_types import fallback
+from mode_edge.quantize import quantize_rows
 
 PROJECTIONS = ("gate", "up", "down")
 
 
-def expert_forward(x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor, act) -> torch.Tensor:
+def expert_forward(
+    x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor, act
+) -> torch.Tensor:
     return (act(x @ wg.T) * (x @ wu.T)) @ wd.T
 
 
@@ -43,11 +45,21 @@ def stored(w: torch.Tensor, t: GGMLQuantizationType, importance: np.ndarray | No
     """w as the runtime will see it after storing it as type t (with fallback for its rows)."""
     t = fallback(t, w.shape[-1])
     data = quantize_rows(t, w.detach().float().numpy(), importance)
-    return torch.from_numpy(np.ascontiguousarray(dequantize(data.reshape(w.shape[0], -1), t), dtype=np.float32))
+    return torch.from_numpy(
+        np.ascontiguousarray(dequantize(data.reshape(w.shape[0], -1), t), dtype=np.float32)
+    )
 
 
-def expert_sensitivity(wg, wu, wd, act, inputs: list[torch.Tensor | None], types: list[GGMLQuantizationType],
-                       imp_in: np.ndarray | None, imp_mid: np.ndarray | None) -> np.ndarray:
+def expert_sensitivity(
+    wg,
+    wu,
+    wd,
+    act,
+    inputs: list[torch.Tensor | None],
+    types: list[GGMLQuantizationType],
+    imp_in: np.ndarray | None,
+    imp_mid: np.ndarray | None,
+) -> np.ndarray:
     """[4 (all, gate, up, down), n_types, n_modalities] MSE; 0 where a modality has no tokens."""
     out = np.zeros((4, len(types), len(inputs)), dtype=np.float64)
     if all(x is None or x.shape[0] == 0 for x in inputs):
@@ -78,7 +90,9 @@ def expert_jvps(x, wg, wu, wd, act, vg, vu, vd) -> tuple[torch.Tensor, torch.Ten
     return ((da * (x @ vg.T) * u) @ wd.T, (a * (x @ vu.T)) @ wd.T, (a * u) @ vd.T)
 
 
-def hessian_trace(wg, wu, wd, act, x: torch.Tensor | None, probes: int, generator: torch.Generator) -> np.ndarray:
+def hessian_trace(
+    wg, wu, wd, act, x: torch.Tensor | None, probes: int, generator: torch.Generator
+) -> np.ndarray:
     """Hutchinson estimate of tr(H) per projection (gate, up, down); sum them for MoPEQ's score."""
     out = np.zeros(3, dtype=np.float64)
     if x is None or x.shape[0] == 0 or probes <= 0:
@@ -89,7 +103,7 @@ def hessian_trace(wg, wu, wd, act, x: torch.Tensor | None, probes: int, generato
         vs = [torch.randn(w.shape, generator=generator) for w in (wg, wu, wd)]
         with torch.no_grad():
             jvs = expert_jvps(x, wg, wu, wd, act, *vs)
-        out += np.array([float((jv ** 2).sum()) / n for jv in jvs])
+        out += np.array([float((jv**2).sum()) / n for jv in jvs])
     return out / probes
 
 
@@ -100,10 +114,15 @@ def exact_hessian_trace(wg, wu, wd, act, x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         g, u = x @ wg.T, x @ wu.T
         a, da = _act_and_slope(act, g)
-        xn, col = (x ** 2).sum(1, keepdim=True), (wd ** 2).sum(0)
+        xn, col = (x**2).sum(1, keepdim=True), (wd**2).sum(0)
         n = x.shape[0]
-        return np.array([float((xn * (da * u) ** 2 * col).sum()) / n, float((xn * a ** 2 * col).sum()) / n,
-                         wd.shape[0] * float(((a * u) ** 2).sum()) / n])
+        return np.array(
+            [
+                float((xn * (da * u) ** 2 * col).sum()) / n,
+                float((xn * a**2 * col).sum()) / n,
+                wd.shape[0] * float(((a * u) ** 2).sum()) / n,
+            ]
+        )
 
 
 def norm_hessian_trace(w: torch.Tensor, probes: int, generator: torch.Generator) -> float:
@@ -116,7 +135,7 @@ def norm_hessian_trace(w: torch.Tensor, probes: int, generator: torch.Generator)
     if n < 3:
         return (1.0 - 1.0 / n) / norm
     z2 = torch.randn(probes, generator=generator, dtype=torch.float64) ** 2
-    rest = 2.0 * _gamma_draw((n - 1) / 2.0, probes, generator)     # chi^2(n - 1)
+    rest = 2.0 * _gamma_draw((n - 1) / 2.0, probes, generator)  # chi^2(n - 1)
     dot2 = z2 / (z2 + rest)
     return float(((1.0 - dot2) / norm).mean())
 
@@ -130,6 +149,8 @@ def _gamma_draw(shape: float, k: int, generator: torch.Generator) -> torch.Tenso
         x = torch.randn(4 * k, generator=generator, dtype=torch.float64)
         u = torch.rand(4 * k, generator=generator, dtype=torch.float64)
         v = (1.0 + c * x) ** 3
-        ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * x ** 2 + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        ok = (v > 0) & (
+            torch.log(u.clamp_min(1e-300)) < 0.5 * x**2 + d - d * v + d * torch.log(v.clamp_min(1e-300))
+        )
         out.extend((d * v[ok]).tolist())
     return torch.tensor(out[:k], dtype=torch.float64)

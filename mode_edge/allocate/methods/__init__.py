@@ -13,9 +13,23 @@ from mode_edge.errors import UserError
 #: what `convert --budget` and `plan` use unless told otherwise (benchmarks/quality.py decides)
 DEFAULT_METHOD = "mode"
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (
-    Uniform, Frequency, Hessian, HessianData, Veq, VeqAlloc, Mode, ModeGlobal, ModeText, ModePooled,
-    ModeAllVision, ModeNoSens)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m
+    for m in (
+        Uniform,
+        Frequency,
+        Hessian,
+        HessianData,
+        Veq,
+        VeqAlloc,
+        Mode,
+        ModeGlobal,
+        ModeText,
+        ModePooled,
+        ModeAllVision,
+        ModeNoSens,
+    )
+}
 
 
 def get_method(name: str) -> Method:

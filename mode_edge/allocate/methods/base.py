@@ -7,8 +7,9 @@ for methods whose paper does not optimise, like MoPEQ's clustering or a uniform 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -18,20 +19,20 @@ AXES = {"all": 0, "gate": 1, "up": 2, "down": 3}
 @dataclass
 class LayerStats:
     layer: int
-    counts: np.ndarray        # [3, E] top-k selections by modality (text, key vision, redundant vision)
-    weight_sums: np.ndarray   # [3, E] summed routing weights (after the router's renormalisation)
-    sensitivity: np.ndarray   # [E, 4, n_stats_types, 3] output MSE under the method's importance
-    hessian: np.ndarray       # [E, 3] Hutchinson trace of gate, up, down (output error, data)
-    prob_sums: np.ndarray     # [3, E] summed router probabilities before renormalisation
+    counts: np.ndarray  # [3, E] top-k selections by modality (text, key vision, redundant vision)
+    weight_sums: np.ndarray  # [3, E] summed routing weights (after the router's renormalisation)
+    sensitivity: np.ndarray  # [E, 4, n_stats_types, 3] output MSE under the method's importance
+    hessian: np.ndarray  # [E, 3] Hutchinson trace of gate, up, down (output error, data)
+    prob_sums: np.ndarray  # [3, E] summed router probabilities before renormalisation
     hessian_norm: np.ndarray  # [E, 3] MoPEQ's Hutchinson trace of ||W||_F (no data)
 
 
 @dataclass
 class Context:
-    hidden: int                        # expert output width (MSE is a mean over it)
-    tokens: dict[str, int]             # calibration token totals: text, image, total
+    hidden: int  # expert output width (MSE is a mean over it)
+    tokens: dict[str, int]  # calibration token totals: text, image, total
     options: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)   # what the method assumed, for the report
+    notes: list[str] = field(default_factory=list)  # what the method assumed, for the report
     type_names: list[str] = field(default_factory=list)  # the candidate types, smallest first
 
 
@@ -40,10 +41,10 @@ class Assignment:
     """A method that assigns types itself gets, per item: sizes [n, k] and a way to score
     a candidate assignment; it returns one column per item."""
 
-    sizes: np.ndarray                  # [n_items, n_types] bytes
+    sizes: np.ndarray  # [n_items, n_types] bytes
     capacity: int
-    scores: np.ndarray                 # [n_items] the method's importance per item
-    layer_of: np.ndarray               # [n_items]
+    scores: np.ndarray  # [n_items] the method's importance per item
+    layer_of: np.ndarray  # [n_items]
     fits: Callable[[np.ndarray], bool]  # does this choice fit every constraint?
 
 

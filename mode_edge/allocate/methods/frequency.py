@@ -18,14 +18,16 @@ from __future__ import annotations
 import numpy as np
 
 from mode_edge.allocate.methods.base import Context, LayerStats, Method, normalised
-from mode_edge.signals.stats import S_ALL
+from mode_edge.formats.stats import S_ALL
 
 ALPHA, BETA = 1.0, 1.5
 
 
 class Frequency(Method):
     name = "frequency"
-    summary = "MC-MoE: count^alpha * pre-renormalisation routing weight^beta * block-output error^alpha, per block"
+    summary = (
+        "MC-MoE: count^alpha * pre-renormalisation routing weight^beta * block-output error^alpha, per block"
+    )
     per_layer = True
 
     def cost(self, ls: LayerStats, axis: int, ctx: Context) -> np.ndarray:
@@ -36,4 +38,4 @@ class Frequency(Method):
         rbar = np.divide(r, counts, out=np.zeros_like(r), where=counts > 0)
         eps = rbar[:, None] * np.sqrt(counts[:, None] * ctx.hidden * ls.sensitivity[:, axis, :, S_ALL])
         phi, w = normalised(counts), normalised(ls.prob_sums.sum(0))
-        return (phi ** alpha * w ** beta)[:, None] * eps ** alpha
+        return (phi**alpha * w**beta)[:, None] * eps**alpha

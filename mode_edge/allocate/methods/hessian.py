@@ -35,7 +35,7 @@ def kmeans_1d(x: np.ndarray, k: int, iters: int = 100) -> np.ndarray:
         if np.allclose(new, centres, rtol=0, atol=0):
             break
         centres = new
-    order = np.argsort(np.argsort(centres))   # rank of each centre
+    order = np.argsort(np.argsort(centres))  # rank of each centre
     return order[labels]
 
 
@@ -43,7 +43,7 @@ class Hessian(Method):
     name = "hessian"
     summary = "MoPEQ as published: trace of the Hessian of ||W||_F (no data), k-means classes to types"
     needs_sensitivity = False
-    trace = "hessian_norm"     # the LayerStats field the scores come from
+    trace = "hessian_norm"  # the LayerStats field the scores come from
 
     def score(self, ls: LayerStats, proj: int | None, ctx: Context) -> np.ndarray:
         h = getattr(ls, self.trace)
@@ -66,8 +66,11 @@ class Hessian(Method):
         rows = np.arange(len(labels))
         best, best_key = None, None
         for strict in (True, False):
-            maps = (itertools.combinations(range(n_types), n_classes) if strict
-                    else itertools.combinations_with_replacement(range(n_types), n_classes))
+            maps = (
+                itertools.combinations(range(n_types), n_classes)
+                if strict
+                else itertools.combinations_with_replacement(range(n_types), n_classes)
+            )
             for m in maps:
                 choice = np.asarray(m, dtype=np.int64)[labels]
                 if not a.fits(choice):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from mode_edge.allocate.methods.base import Context, LayerStats, Method, normalised
-from mode_edge.signals.stats import KEY, RED, S_ALL, S_KEY, S_TEXT, TEXT
+from mode_edge.formats.stats import KEY, RED, S_ALL, S_KEY, S_TEXT, TEXT
 
 
 class Mode(Method):

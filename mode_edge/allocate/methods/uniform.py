@@ -17,8 +17,8 @@ class Uniform(Method):
 
     def assign(self, a: Assignment, ctx: Context) -> np.ndarray | None:
         n, k = a.sizes.shape
-        for c in reversed(range(k)):          # candidate types are ordered by bits
+        for c in reversed(range(k)):  # candidate types are ordered by bits
             choice = np.full(n, c, dtype=np.int64)
             if a.fits(choice):
                 return choice
-        return np.zeros(n, dtype=np.int64)     # the caller reports the smallest size as infeasible
+        return np.zeros(n, dtype=np.int64)  # the caller reports the smallest size as infeasible

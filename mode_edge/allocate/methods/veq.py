@@ -24,8 +24,8 @@ import numpy as np
 
 from mode_edge.allocate.methods.base import Context, LayerStats, Method
 from mode_edge.allocate.methods.uniform import Uniform
-from mode_edge.signals.importance import GAMMA_REPORTED
-from mode_edge.signals.stats import KEY, RED, S_ALL, TEXT
+from mode_edge.formats.stats import KEY, RED, S_ALL, TEXT
+from mode_edge.signals import GAMMA_REPORTED
 
 
 def gamma(options: dict) -> float:

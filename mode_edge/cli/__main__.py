@@ -1,0 +1,3 @@
+from mode_edge.cli import main
+
+main()

@@ -1,0 +1,101 @@
+"""ExpertStats: what calibration measured, the file every allocation method reads.
+
+    STATS_DIR/manifest.json           schema, version, model, data hash, options, shapes, names
+    STATS_DIR/expert_stats.safetensors
+        layer.{l}.counts        int64   [3, E]            top-k selections by modality
+        layer.{l}.weight_sums   float64 [3, E]            summed routing weights by modality (renormalised)
+        layer.{l}.prob_sums     float64 [3, E]            summed router probabilities before renormalisation
+        layer.{l}.in_sq         float32 [3, 2, E, H]      sum x^2 of gate/up inputs (plain, weighted)
+        layer.{l}.mid_sq        float32 [3, 2, E, I]      sum x^2 of down inputs (plain, weighted)
+        layer.{l}.sensitivity   float64 [n_imp, E, 4, n_types, 3] MSE per importance matrix
+                                                          (manifest importances) x (all/gate/up/down
+                                                          quantized) x (text, vision_key, all routed)
+        layer.{l}.hessian_trace float64 [E, 3]            Hutchinson tr(H) of the output error (data)
+        layer.{l}.hessian_norm  float64 [E, 3]            MoPEQ's Hutchinson tr(H) of ||W||_F (no data)
+        layer.{l}.key_tokens    int64   [2]               key image tokens, all image tokens
+        layer.{l}.attn_tokens   int64   [3]               tokens by modality
+        layer.{l}.attn_in_sq    float32 [3, H]            sum x^2 of the attention input by modality
+        layer.{l}.o_in_sq       float32 [3, D]            sum x^2 of o_proj's input by modality
+        layer.{l}.attn_sensitivity float64 [n_attn, n_types, 3]  expected output error per matrix
+                                                          (manifest attn_tensors: names, inputs)
+    STATS_DIR/imatrix.gguf            plain importance matrix (llama.cpp format) for pack
+
+Modalities are ("text", "vision_key", "vision_red"); vision = key + redundant. The manifest
+also records gamma (VEQ's text/vision gradient-norm ratio, mode_edge.signals.gamma) and where it
+came from (measured / given / reported).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mode_edge.errors import UserError
+from mode_edge.files import atomic_path, read_json, write_json_atomic
+
+SCHEMA = "mode-edge/expert-stats"
+VERSION = 3
+MODALITIES = ("text", "vision_key", "vision_red")
+TEXT, KEY, RED = 0, 1, 2  # first axis of counts / weight_sums / in_sq
+S_TEXT, S_KEY, S_ALL = 0, 1, 2  # last axis of sensitivity: text, key vision, all routed tokens
+ARRAYS_FILE = "expert_stats.safetensors"
+MANIFEST_FILE = "manifest.json"
+IMATRIX_FILE = "imatrix.gguf"
+
+
+def save_arrays_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())}, str(tmp))
+
+
+@dataclass
+class ExpertStats:
+    manifest: dict[str, Any]
+    layers: dict[int, dict[str, np.ndarray]]
+
+    @property
+    def types(self) -> list[str]:
+        return self.manifest["types"]
+
+    def sensitivity(self, layer: int, importance: str) -> np.ndarray:
+        """[E, 4, n_types, 3] the experts' errors when quantized with `importance`."""
+        kinds = self.manifest["importances"]
+        if importance not in kinds:
+            raise UserError(
+                f"these statistics have no sensitivity under the {importance} importance "
+                f"(they have {', '.join(kinds)})",
+                "re-run `mode-edge calibrate`",
+            )
+        return self.layers[layer]["sensitivity"][kinds.index(importance)]
+
+    def save(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        arrays = {f"layer.{l}.{k}": v for l, d in self.layers.items() for k, v in d.items()}
+        save_arrays_atomic(out_dir / ARRAYS_FILE, arrays)
+        write_json_atomic(out_dir / MANIFEST_FILE, {"schema": SCHEMA, "version": VERSION, **self.manifest})
+
+    @classmethod
+    def load(cls, stats_dir: Path) -> ExpertStats:
+        from safetensors.numpy import load_file
+
+        stats_dir = Path(stats_dir)
+        mpath = stats_dir / MANIFEST_FILE
+        if not mpath.is_file() or not (stats_dir / ARRAYS_FILE).is_file():
+            raise UserError(
+                f"{stats_dir} holds no finished expert statistics",
+                "run `mode-edge calibrate` (an interrupted run resumes when rerun)",
+            )
+        manifest = read_json(mpath, "re-run `mode-edge calibrate`")
+        if manifest.get("schema") != SCHEMA or manifest.get("version") != VERSION:
+            raise UserError(f"{mpath} is not expert-stats version {VERSION}", "re-run `mode-edge calibrate`")
+        layers: dict[int, dict[str, np.ndarray]] = {}
+        for key, arr in load_file(str(stats_dir / ARRAYS_FILE)).items():
+            _, l, name = key.split(".", 2)
+            layers.setdefault(int(l), {})[name] = arr
+        manifest = {k: v for k, v in manifest.items() if k not in ("schema", "version")}
+        return cls(manifest, dict(sorted(layers.items())))
