@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,24 @@ import numpy as np
 import pytest
 
 from testbed.tiny_qwen3_vl_moe import build_tiny_model, relayout_experts
+
+ROOT = Path(__file__).resolve().parents[1]
+# child processes (CLI runs, isolated loads) import testbed/ and tests/ from the checkout too
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+@pytest.fixture(autouse=True)
+def _runtime_marker_is_honest(request, monkeypatch):
+    """A test that loads a model in llama.cpp must be marked `runtime` (so `pytest -m "not runtime"`
+    runs without the patched build): unmarked tests get a llama.cpp whose model loader refuses."""
+    if request.node.get_closest_marker("runtime") is None:
+        import llama_cpp.llama_cpp as lib
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("this test loads a model in llama.cpp: mark it @pytest.mark.runtime")
+
+        monkeypatch.setattr(lib, "llama_model_load_from_file", refuse)
+
 
 # "published_square": hidden == 2 * moe_intermediate, so gate_up_proj is square and only
 # down_proj's shape tells the published layout from transformers' own.

@@ -25,13 +25,21 @@ from mode_edge.errors import UserError
 from mode_edge.files import write_json_atomic
 from mode_edge.formats.quant_types import LADDER
 from mode_edge.formats.samples import data_hash, load_image, read_samples
-from mode_edge.formats.stats import IMATRIX_FILE, KEY, MODALITIES, RED, TEXT, ExpertStats, save_arrays_atomic
+from mode_edge.formats.stats import (
+    IMATRIX_FILE,
+    KEY,
+    MODALITIES,
+    RED,
+    SENS_MODALITIES,
+    TEXT,
+    ExpertStats,
+    save_arrays_atomic,
+)
 from mode_edge.formats.stats import VERSION as STATS_VERSION
 from mode_edge.quantize import default_threads
 from mode_edge.signals import (
     GAMMA_REPORTED,
     IMPORTANCES,
-    SENS_MODALITIES,
     AttentionRecorder,
     LayerRecorder,
     key_scores,

@@ -20,7 +20,7 @@ def runtime_build(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every command."),
 ) -> None:
-    """Fetch llama-cpp-python 0.3.36 from the package index, apply vendor/llama.cpp.patch, build, install."""
+    """Fetch llama-cpp-python 0.3.36 from the package index, apply the patch series (vendor/patches), build, install."""
     from mode_edge.runtime import build
 
     wheel = build(

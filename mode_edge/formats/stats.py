@@ -41,6 +41,9 @@ VERSION = 3
 MODALITIES = ("text", "vision_key", "vision_red")
 TEXT, KEY, RED = 0, 1, 2  # first axis of counts / weight_sums / in_sq
 S_TEXT, S_KEY, S_ALL = 0, 1, 2  # last axis of sensitivity: text, key vision, all routed tokens
+# names of that axis (manifest sensitivity_modalities): MODE uses text and key vision; pooled
+# methods (MC-MoE, VEQ) use all routed tokens
+SENS_MODALITIES = ("text", "vision_key", "all")
 ARRAYS_FILE = "expert_stats.safetensors"
 MANIFEST_FILE = "manifest.json"
 IMATRIX_FILE = "imatrix.gguf"

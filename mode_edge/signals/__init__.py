@@ -11,7 +11,6 @@ API = {
     "query_positions": "keytokens",
     "select_key_tokens": "keytokens",
     "AttentionRecorder": "attention",
-    "SENS_MODALITIES": "recorder",
     "LayerRecorder": "recorder",
 }
 __all__ = sorted(API)

@@ -20,7 +20,8 @@ def query_positions(
     im_start_id: int | None,
 ) -> torch.Tensor:
     """Positions of text queries: after the first image token, not image, not special, and not
-    the role header a chat template writes after <|im_start|> (up to its newline)."""
+    the role header a chat template writes after the token that opens a turn (Calibration.turn_start_id),
+    up to its newline."""
     T = ids.shape[0]
     keep = torch.zeros(T, dtype=torch.bool)
     img = torch.nonzero(image_mask).flatten()

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from mode_edge.formats.stats import KEY, MODALITIES, TEXT
+from mode_edge.formats.stats import KEY, SENS_MODALITIES, TEXT
 from mode_edge.signals.importance import IMPORTANCES, expert_entries
 from mode_edge.signals.sensitivity import (
     expert_forward,
@@ -27,10 +27,8 @@ from mode_edge.signals.sensitivity import (
 )
 
 NORM_PROBES = 100  # MoPEQ's Hutchinson probes for its weight-norm Hessian
-# token caches for sensitivity (per modality) and for the Hessian (all routed tokens)
-CACHES = ("text", "vision_key", "all")
-# sensitivity per cache: MODE uses text and key vision; pooled methods (MC-MoE, VEQ) use all
-SENS_MODALITIES = CACHES
+# token caches for sensitivity (one per entry of its last axis) and for the Hessian (all routed tokens)
+CACHES = SENS_MODALITIES
 
 
 class BottomK:
@@ -188,4 +186,4 @@ class LayerRecorder:
         }
 
 
-__all__ = ["LayerRecorder", "MODALITIES", "SENS_MODALITIES", "expert_forward"]
+__all__ = ["LayerRecorder", "expert_forward"]

@@ -1,4 +1,4 @@
-"""Files with expert groups in mode-edge's runtime (vendor/llama.cpp.patch), end to end through
+"""Files with expert groups in mode-edge's runtime (vendor/patches/), end to end through
 llama-cpp-python: logits against stock files written by gguf-py, the fallback path against the
 skip path, and malformed files refused at load."""
 
@@ -16,6 +16,8 @@ from mode_edge.formats.plan import QuantPlan
 from mode_edge.gguf.export import export_model
 from mode_edge.runtime.build import GROUPS, capabilities
 from tests.gguf_rewrite import degroup_to_f32, regroup
+
+pytestmark = pytest.mark.runtime  # loads models / runs ops of the patched llama.cpp
 
 T = GGMLQuantizationType
 PROMPT = "<|im_start|>user\nWhat is 12 + 30? Count the circles.<|im_end|>\n<|im_start|>assistant\n"

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from gguf import GGUFReader
 
 from mode_edge.formats.groups import GROUPS_KEY
 from tests.helpers import ANSWER, PICTURE, QUESTION, cli
+
+pytestmark = pytest.mark.runtime  # loads models / runs ops of the patched llama.cpp
 
 BUDGET = 7_000_000  # the README's 7MB: between the demo's uniform Q2_K and Q4_K files
 

@@ -10,6 +10,8 @@ from PIL import Image
 
 from tests.helpers import cli
 
+pytestmark = pytest.mark.runtime  # loads models / runs ops of the patched llama.cpp
+
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):

@@ -17,6 +17,8 @@ from gguf import GGUFReader
 
 from tests.helpers import ANSWER, PICTURE, QUESTION, cli
 
+pytestmark = pytest.mark.runtime  # loads models / runs ops of the patched llama.cpp
+
 KEY = "test-key"
 
 

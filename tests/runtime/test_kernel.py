@@ -15,6 +15,8 @@ from gguf import GGMLQuantizationType, dequantize
 from mode_edge.quantize.ggml_lib import lib_dir, quantize_rows
 from mode_edge.runtime.build import CPU_SKIP, capabilities
 
+pytestmark = pytest.mark.runtime  # loads models / runs ops of the patched llama.cpp
+
 T = GGMLQuantizationType
 
 

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from mode_edge.evaluate import tasks
-from tests.helpers import cli
+from tests.helpers import DEMO, cli
 
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo-model"
 N = 16  # 8 vision + 8 text samples of the test split
 
 

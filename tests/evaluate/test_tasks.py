@@ -6,14 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mode_edge.evaluate import tasks
-
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo-model"
+from tests.helpers import DEMO
 
 
 def _digest(ex: tasks.Example) -> str:
@@ -191,7 +189,7 @@ def test_committed_calibration_data_is_the_split():
     """examples/demo-model/calibration is the calibration split's first 128 samples, as exported."""
     from mode_edge.formats.samples import load_image
 
-    d = Path(__file__).resolve().parents[1] / "examples" / "demo-model" / "calibration"
+    d = DEMO / "calibration"
     lines = [json.loads(line) for line in (d / "prompts.jsonl").read_text().splitlines()]
     exs = tasks.split_examples("calibration", len(lines))
     assert len(lines) == 128
