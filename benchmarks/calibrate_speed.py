@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's testbed/
+
 RUN = """
 import re, sys, time, json
 from pathlib import Path

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's testbed/
+
 BASELINE = """
 import re, sys, time
 from safetensors import safe_open

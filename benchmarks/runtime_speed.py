@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's testbed/
+
 RUN = """
 import sys, time
 import numpy as np

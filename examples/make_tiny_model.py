@@ -7,9 +7,11 @@ deepstack vision tower, Qwen tokenizer format) so every stage runs on it for rea
 """
 
 import argparse
+import sys
 from pathlib import Path
 
-from testbed.tiny_qwen3_vl_moe import LAYOUTS, build_tiny_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's testbed/
+from testbed.tiny_qwen3_vl_moe import LAYOUTS, build_tiny_model  # noqa: E402
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

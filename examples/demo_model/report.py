@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's testbed/
 
 
 def main() -> None:
@@ -110,7 +113,7 @@ def card(rep: dict, stages: list[dict], commands: list[str]) -> str:
         "# demo-model: a small Qwen3-VL-MoE trained on synthetic image+text tasks",
         "",
         "The bundled model of mode-edge: a `Qwen3VLMoeForConditionalGeneration` trained from scratch here,",
-        "offline, on the tasks of `mode_edge/testbed/tasks.py`, so that the project can show what",
+        "offline, on the tasks of `mode_edge/evaluate/tasks.py`, so that the project can show what",
         "per-expert mixed precision does on a real MoE-VLM without downloading one. Its pictures are",
         f"{tasks.IMAGE_SIZE}x{tasks.IMAGE_SIZE} px and mostly plain background, so image tokens "
         "dominate every prompt, as in real VLM use.",

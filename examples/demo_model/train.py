@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from testbed.train import TrainConfig, train
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's testbed/
+from testbed.train import TrainConfig, train  # noqa: E402
 
 
 def _weights(spec: str | None) -> dict[str, float] | None:

@@ -1,0 +1,102 @@
+"""The runtime patch as a series: applied in order, refused by name when one no longer applies,
+hashed whole for the cache key, and shipped inside the wheel as package data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from mode_edge.errors import UserError
+from mode_edge.runtime import build as rb
+from tests.helpers import ROOT
+
+
+def _diff(path: str, old: str, new: str) -> str:
+    return f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n-{old}\n+{new}\n"
+
+
+def _series(tmp_path, *bodies: str):
+    d = tmp_path / "patches"
+    d.mkdir()
+    for i, body in enumerate(bodies, 1):
+        (d / f"{i:04d}-step-{i}.patch").write_text(f"Subject: step {i}\n\nwhy it changes\n\n{body}")
+    return d
+
+
+def test_series_applies_in_order(tmp_path, monkeypatch):
+    tree = tmp_path / "llama.cpp"
+    tree.mkdir()
+    (tree / "a.c").write_text("one\n")
+    # the second patch only applies on top of the first
+    monkeypatch.setenv(
+        "MODE_EDGE_PATCHES", str(_series(tmp_path, _diff("a.c", "one", "two"), _diff("a.c", "two", "three")))
+    )
+    series = rb.patch_series()
+    assert [p.name for p in series] == ["0001-step-1.patch", "0002-step-2.patch"]
+    rb.apply_series(tree, series, lambda m: None)
+    assert (tree / "a.c").read_text() == "three\n"
+
+
+def test_a_patch_that_no_longer_applies_is_named(tmp_path, monkeypatch):
+    tree = tmp_path / "llama.cpp"
+    tree.mkdir()
+    (tree / "a.c").write_text("one\n")
+    monkeypatch.setenv(
+        "MODE_EDGE_PATCHES", str(_series(tmp_path, _diff("a.c", "one", "two"), _diff("a.c", "zzz", "three")))
+    )
+    with pytest.raises(UserError, match="0002-step-2.patch no longer applies"):
+        rb.apply_series(tree, rb.patch_series(), lambda m: None)
+    assert (tree / "a.c").read_text() == "two\n"  # the failing patch changed nothing
+
+
+def test_cache_key_hashes_the_whole_series(tmp_path, monkeypatch):
+    d = _series(tmp_path, _diff("a.c", "one", "two"), _diff("a.c", "two", "three"))
+    monkeypatch.setenv("MODE_EDGE_PATCHES", str(d))
+    monkeypatch.setenv("MODE_EDGE_CACHE", str(tmp_path / "cache"))
+    key = rb.cache_dir([]).name
+    (d / "0002-step-2.patch").write_text((d / "0002-step-2.patch").read_text() + "\n")
+    assert rb.cache_dir([]).name != key
+    (d / "0002-step-2.patch").rename(d / "0002-renamed.patch")
+    assert rb.cache_dir([]).name not in (key,)
+    assert rb.cache_dir([], stock=True).name.startswith(f"{rb.VERSION}-stock-")
+
+
+def test_no_series_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("MODE_EDGE_PATCHES", str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="no runtime patches"):
+        rb.patch_series()
+
+
+def test_the_series_is_numbered_and_headed():
+    """Numbered 0001.. without gaps, each with a header before its diff (the build applying them is
+    the check that they apply: CI builds the runtime from this series)."""
+    series = sorted((ROOT / "vendor" / "patches").glob("*.patch"))
+    assert [p.name[:4] for p in series] == [f"{i:04d}" for i in range(1, len(series) + 1)]
+    for p in series:
+        text = p.read_text()
+        head = text[: text.index("diff --git")]
+        assert head.startswith("Subject: ") and len(head.splitlines()) >= 3, p.name
+
+
+def test_the_wheel_carries_the_series_and_not_the_testbed(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("mode_edge-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(
+        n.rsplit("/", 1)[1]
+        for n in names
+        if n.startswith("mode_edge/runtime/patches/") and n.endswith(".patch")
+    )
+    assert shipped == sorted(p.name for p in (ROOT / "vendor" / "patches").glob("*.patch"))
+    assert not [n for n in names if n.startswith(("testbed/", "tests/", "mode_edge/testbed/"))]
+    assert any(n.endswith("LICENSE") for n in names)
