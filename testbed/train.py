@@ -90,7 +90,7 @@ def demo_config_dict(vocab_size: int, special: dict[str, int], cfg: TrainConfig)
 
 
 class Encoder:
-    """Examples -> model inputs, through the chat template (converters.qwen3_vl_moe.render_chat)."""
+    """Examples -> model inputs, through the chat template (mode_edge.arch.qwen3_vl_moe.render_chat)."""
 
     def __init__(self, tokenizer, image_processor, image_token_id: int, merge: int = 2):
         self.tokenizer, self.image_processor = tokenizer, image_processor

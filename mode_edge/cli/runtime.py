@@ -18,6 +18,11 @@ def runtime_build(
     jobs: Optional[int] = typer.Option(
         None, "--jobs", "-j", help="Parallel compile jobs (default: all cores)."
     ),
+    amx: bool = typer.Option(
+        False,
+        "--amx",
+        help="Keep ggml's AMX kernels (x86; left out by default: they crashed on Xeon test machines).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every command."),
 ) -> None:
     """Fetch llama-cpp-python 0.3.36 from the package index, apply the patch series (vendor/patches), build, install."""
@@ -31,6 +36,7 @@ def runtime_build(
         install=not no_install,
         log=(lambda m: console.print(m, highlight=False, markup=False)) if verbose else (lambda m: None),
         say=lambda m: console.print(m, highlight=False, markup=False),
+        amx=amx,
     )
     out.print(f"{'built' if no_install else 'installed'} {wheel}")
 

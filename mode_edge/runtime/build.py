@@ -15,6 +15,7 @@ import collections
 import ctypes
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -66,10 +67,26 @@ def cmake_flags(cuda: bool, metal: bool) -> list[str]:
     return flags
 
 
-def cache_dir(flags: list[str], stock: bool = False) -> Path:
+#: ggml's AMX kernels (Sapphire Rapids and later) crashed (SIGSEGV / SIGILL in
+#: ggml_backend_amx_mul_mat, stock Q4_K_M files included) on the Xeon machines this project builds
+#: and tests on; mode-edge's expert kernels do not use them. GCC and clang let an explicit -mno-*
+#: win over -march=native whatever the order, so these switch AMX off and keep the rest native.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def compile_env(amx: bool = False) -> dict[str, str]:
+    """CFLAGS/CXXFLAGS for the build (CMake reads them at configure): without AMX on x86-64
+    unless amx=True."""
+    if amx or sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    return {k: " ".join(filter(None, [os.environ.get(k, ""), NO_AMX])) for k in ("CFLAGS", "CXXFLAGS")}
+
+
+def cache_dir(flags: list[str], stock: bool = False, amx: bool = False) -> Path:
     root = Path(os.environ.get("MODE_EDGE_CACHE") or Path.home() / ".cache" / "mode-edge")
     patch = b"" if stock else series_bytes(patch_series())
-    key = hashlib.sha256(patch + f"{VERSION}|{' '.join(flags)}".encode()).hexdigest()[:16]
+    cflags = " ".join(f"{k}={v}" for k, v in sorted(compile_env(amx).items()))
+    key = hashlib.sha256(patch + f"{VERSION}|{' '.join(flags)}|{cflags}".encode()).hexdigest()[:16]
     return root / "runtime" / f"{VERSION}-{'stock-' if stock else ''}{key}"
 
 
@@ -154,14 +171,16 @@ def build(
     log: Callable[[str], None] = print,
     stock: bool = False,
     say: Callable[[str], None] = lambda m: None,
+    amx: bool = False,
 ) -> Path:
     """Build (or take from the cache) the patched wheel; install it unless install=False.
 
     log gets every command and output line (--verbose), say the stages and progress.
     stock=True builds the same release with the same flags but without our patch (the
-    reference that benchmarks/stock_identity.py compares against)."""
+    reference that benchmarks/stock_identity.py compares against). amx=True keeps ggml's AMX
+    kernels (left out by default: see NO_AMX)."""
     flags = cmake_flags(cuda, metal)
-    cache = cache_dir(flags, stock)
+    cache = cache_dir(flags, stock, amx)
     wheels = sorted(cache.glob("*.whl"))
     t0 = time.monotonic()
     if force or not wheels:
@@ -169,7 +188,7 @@ def build(
             f"building llama-cpp-python {VERSION}{'' if stock else ' with mode-edge patch'} once "
             f"(6-15 min on 2 cores; cached in {cache.parent})"
         )
-        wheels = [_build_wheel(cache, flags, jobs, log, stock, say)]
+        wheels = [_build_wheel(cache, flags, jobs, log, stock, say, amx)]
         say(f"built in {_elapsed(time.monotonic() - t0)}")
     else:
         say(f"using the cached runtime {wheels[0].name} ({cache})")
@@ -188,6 +207,7 @@ def _build_wheel(
     log: Callable[[str], None],
     stock: bool = False,
     say: Callable[[str], None] = lambda m: None,
+    amx: bool = False,
 ) -> Path:
     series = [] if stock else patch_series()
     with tempfile.TemporaryDirectory(prefix="mode-edge-runtime-") as tmp:
@@ -219,6 +239,7 @@ def _build_wheel(
             apply_series(src / "vendor" / "llama.cpp", series, log)
         env = dict(
             os.environ,
+            **compile_env(amx),
             CMAKE_ARGS=" ".join(flags),
             CMAKE_BUILD_PARALLEL_LEVEL=str(jobs or os.cpu_count() or 2),
         )
@@ -226,6 +247,7 @@ def _build_wheel(
         say(
             f"[3/4] compiling llama.cpp with {env['CMAKE_BUILD_PARALLEL_LEVEL']} jobs"
             + (f" ({' '.join(flags)})" if flags else " (CPU)")
+            + ("" if amx or not compile_env() else ", without ggml's AMX kernels (--amx keeps them)")
         )
         _run_with_progress(
             [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(src)],
@@ -271,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--no-install", action="store_true")
     ap.add_argument("--stock", action="store_true", help="build without the patch (implies --no-install)")
+    ap.add_argument("--amx", action="store_true", help="keep ggml's AMX kernels (off by default)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -282,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None),
             stock=args.stock,
             say=lambda m: print(m, flush=True),
+            amx=args.amx,
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -100,3 +100,45 @@ def test_the_wheel_carries_the_series_and_not_the_testbed(tmp_path):
     assert shipped == sorted(p.name for p in (ROOT / "vendor" / "patches").glob("*.patch"))
     assert not [n for n in names if n.startswith(("testbed/", "tests/", "mode_edge/testbed/"))]
     assert any(n.endswith("LICENSE") for n in names)
+
+
+def test_amx_is_left_out_unless_asked(monkeypatch, tmp_path):
+    monkeypatch.setattr(rb.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(rb.sys, "platform", "linux")
+    monkeypatch.setenv("CFLAGS", "-O3")
+    monkeypatch.delenv("CXXFLAGS", raising=False)
+    env = rb.compile_env()
+    assert env == {"CFLAGS": "-O3 " + rb.NO_AMX, "CXXFLAGS": rb.NO_AMX}
+    assert rb.compile_env(amx=True) == {}
+    monkeypatch.setattr(rb.platform, "machine", lambda: "arm64")
+    assert rb.compile_env() == {}  # no such flags on Apple silicon / ARM
+    monkeypatch.setattr(rb.platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv("MODE_EDGE_CACHE", str(tmp_path))
+    assert rb.cache_dir([]).name != rb.cache_dir([], amx=True).name
+
+
+def test_gcc_lets_no_amx_win_over_march_native():
+    """The reason NO_AMX works with llama.cpp's -march=native (appended after CFLAGS)."""
+    import shutil
+
+    gcc = shutil.which("gcc")
+    assert gcc, "the runtime build needs a C compiler"
+    proc = subprocess.run(
+        [gcc, *rb.NO_AMX.split(), "-march=native", "-dM", "-E", "-x", "c", "-"],
+        input="",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "__AMX_INT8__" not in proc.stdout and "__AMX_TILE__" not in proc.stdout
+
+
+@pytest.mark.runtime
+def test_the_installed_runtime_has_no_amx_kernels():
+    import ctypes
+
+    from mode_edge.quantize import lib_dir
+
+    cpu = ctypes.CDLL(str(next(lib_dir().glob("libggml-cpu.so*"))))
+    assert hasattr(cpu, "ggml_backend_cpu_init")  # the lookup works
+    assert not hasattr(cpu, "_Z28ggml_backend_amx_buffer_typev")  # ggml's AMX buffer type (C++)
