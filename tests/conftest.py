@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -16,17 +17,38 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
-@pytest.fixture(autouse=True)
-def _runtime_marker_is_honest(request, monkeypatch):
-    """A test that loads a model in llama.cpp must be marked `runtime` (so `pytest -m "not runtime"`
-    runs without the patched build): unmarked tests get a llama.cpp whose model loader refuses."""
-    if request.node.get_closest_marker("runtime") is None:
-        import llama_cpp.llama_cpp as lib
+@contextlib.contextmanager
+def _runtime_guard(item):
+    """A test that loads a model in llama.cpp (text model or mtmd projector) must be marked
+    `runtime`, so `pytest -m "not runtime"` needs no llama.cpp model loading at all: for unmarked
+    tests both loaders refuse, during setup too (module fixtures that load a model are caught)."""
+    if item.get_closest_marker("runtime") is not None:
+        yield
+        return
+    import llama_cpp.llama_cpp as lib
+    import llama_cpp.mtmd_cpp as mtmd
 
-        def refuse(*args, **kwargs):
-            raise RuntimeError("this test loads a model in llama.cpp: mark it @pytest.mark.runtime")
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{item.nodeid} loads a model in llama.cpp: mark it @pytest.mark.runtime")
 
-        monkeypatch.setattr(lib, "llama_model_load_from_file", refuse)
+    saved = lib.llama_model_load_from_file, mtmd.mtmd_init_from_file
+    lib.llama_model_load_from_file = mtmd.mtmd_init_from_file = refuse
+    try:
+        yield
+    finally:
+        lib.llama_model_load_from_file, mtmd.mtmd_init_from_file = saved
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _runtime_guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _runtime_guard(item):
+        return (yield)
 
 
 # "published_square": hidden == 2 * moe_intermediate, so gate_up_proj is square and only

@@ -51,6 +51,7 @@ def session(converted):
         yield s
 
 
+@pytest.mark.runtime
 def test_image_embeddings_match_transformers(reference, image_inputs, session, test_image):
     with torch.no_grad():
         out = reference.model.visual(image_inputs["pixel_values"], grid_thw=image_inputs["image_grid_thw"])
@@ -63,6 +64,7 @@ def test_image_embeddings_match_transformers(reference, image_inputs, session, t
     assert cos > 0.99999
 
 
+@pytest.mark.runtime
 def test_image_prompt_logits_match_transformers(reference, image_inputs, session, tiny_models, test_image):
     """Text model + projector together: M-RoPE positions of image tokens and deepstack
     injection into the first decoder layers must agree with transformers."""
@@ -90,6 +92,7 @@ def test_image_prompt_logits_match_transformers(reference, image_inputs, session
     assert got.argmax() == ref.argmax()
 
 
+@pytest.mark.runtime
 def test_chat_handler_answers_with_image(converted, test_image):
     import llama_cpp
     from llama_cpp.llama_chat_format import MTMDChatHandler

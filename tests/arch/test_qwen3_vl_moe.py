@@ -42,6 +42,7 @@ def _llama(path):
     )
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize("case", LAYOUT_CASES)
 def test_logits_match_transformers(case, converted, hf_models, tiny_models):
     from transformers import AutoTokenizer
@@ -64,6 +65,7 @@ def test_logits_match_transformers(case, converted, hf_models, tiny_models):
         llm.close()
 
 
+@pytest.mark.runtime
 def test_tokenizer_matches_transformers(converted, tiny_models):
     import llama_cpp
     from transformers import AutoTokenizer

@@ -66,6 +66,7 @@ def test_convert_budget_writes_everything_within_budget_and_reuses_stats(
     assert (out / "stats" / "expert_stats.safetensors").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.runtime
 def test_tensor_granularity_file_runs_in_stock_llama_cpp(model_dir, data_dir, tmp_path):
     import llama_cpp
 

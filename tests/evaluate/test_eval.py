@@ -78,6 +78,7 @@ def _hf_greedy(model, enc, ex: tasks.Example, max_new: int = 16) -> str:
     return enc.tokenizer.decode(out)
 
 
+@pytest.mark.runtime
 def test_llama_cpp_answers_equal_transformers(demo_f32, hf_demo, capsys):
     res = _run_cli(capsys, "eval", demo_f32, "--limit", N)
     assert res["samples"] == N and res["reference"] is None
@@ -94,6 +95,7 @@ def test_llama_cpp_answers_equal_transformers(demo_f32, hf_demo, capsys):
     assert sum(t["n"] for t in res["by_task"].values()) == N
 
 
+@pytest.mark.runtime
 def test_kl_against_reference(demo_f32, demo_q2k, capsys):
     f32 = next(p for p in demo_f32.glob("*.gguf") if not p.name.startswith("mmproj-"))
     same = _run_cli(capsys, "eval", demo_f32, "--limit", 6, "--reference", f32)
@@ -106,6 +108,7 @@ def test_kl_against_reference(demo_f32, demo_q2k, capsys):
     assert q2["families"]["vision"]["kl"] > 0 and q2["families"]["text"]["kl"] > 0
 
 
+@pytest.mark.runtime
 def test_reference_cache_gives_the_same_kl_without_rerunning_the_reference(demo_f32, demo_q2k, monkeypatch):
     """Benchmarks share the reference's logits across files: same numbers, reference loaded once."""
     import mode_edge.evaluate.runner as runner
@@ -124,6 +127,7 @@ def test_reference_cache_gives_the_same_kl_without_rerunning_the_reference(demo_
     assert loads.count(f32) == 1  # the reference ran for the first call only
 
 
+@pytest.mark.runtime
 def test_table_output(demo_f32, capsys):
     assert cli(["eval", str(demo_f32), "--limit", "4", "--quiet"]) == 0
     text = capsys.readouterr().out
@@ -154,6 +158,7 @@ def test_eval_errors(case, demo_f32, tmp_path, capsys):
     assert err.startswith("error:") and "\n" not in err
 
 
+@pytest.mark.runtime
 def test_eval_reads_an_exported_folder(demo_f32, tmp_path, capsys):
     d = tasks.export_split(tmp_path / "data", "test", 4)
     res = _run_cli(capsys, "eval", demo_f32, "--tasks", d, "--limit", 4)

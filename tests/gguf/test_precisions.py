@@ -64,6 +64,7 @@ def test_q8_0_bytes_equal_llama_cpp_quantizer(converted, precision_files, tmp_pa
 # Per-token max error, median over tokens: in a random tiny MoE a near-tie in the router can
 # flip one token's expert choice under bf16 noise (seen: 1 of 19 tokens), which moves that
 # token's logits a lot; the median measures the storage error itself.
+@pytest.mark.runtime
 @pytest.mark.parametrize("precision,rel_tol", [("f16", 0.005), ("bf16", 0.02), ("q8_0", 0.02)])
 def test_reduced_precision_logits_close_to_f32(converted, precision_files, precision, rel_tol):
     import llama_cpp

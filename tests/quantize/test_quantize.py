@@ -250,6 +250,7 @@ def test_plan_needing_imatrix_fails_before_writing(model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.runtime
 def test_stock_q4_k_file_runs_in_stock_llama_cpp(model_dir, f32_file, tmp_path):
     import llama_cpp
 

@@ -87,6 +87,7 @@ def test_training_is_deterministic(trained, tmp_path):
     )
 
 
+@pytest.mark.runtime
 def test_trained_model_converts_and_evaluates(trained, tmp_path):
     from mode_edge.evaluate import evaluate
     from mode_edge.gguf.export import export_model
