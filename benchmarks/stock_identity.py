@@ -55,14 +55,14 @@ def main() -> None:
     from mode_edge.formats.plan import QuantPlan
     from mode_edge.formats.quant_types import parse_type
     from mode_edge.gguf.export import export_model
-    from mode_edge.runtime.build import build
+    from mode_edge.runtime import build_runtime
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=Path("examples/demo-model"))
     ap.add_argument("--types", nargs="+", default=["F32", "Q8_0", "Q4_K", "Q2_K"])
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    wheel = build(stock=True, install=False, log=lambda m: None)
+    wheel = build_runtime(stock=True, install=False, log=lambda m: None)
     with tempfile.TemporaryDirectory(prefix="mode-edge-stock-") as tmp:
         tmp = Path(tmp)
         subprocess.run(

@@ -115,3 +115,16 @@ def test_every_package_is_in_the_wheel():
     assert set(cfg["packages"]) == set(PACKAGES) | {"mode_edge.runtime.patches"}
     assert cfg["package-dir"]["mode_edge.runtime.patches"] == "vendor/patches"
     assert sorted((ROOT / "vendor" / "patches").glob("*.patch"))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_exported_name_is_also_a_submodule(package):
+    """`from pkg import X` where X is both an exported name and a submodule gives the module once
+    the submodule has been imported anywhere (the package attribute wins over __getattr__)."""
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    subs = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+    clash = sorted(set(getattr(pkg, "__all__", ())) & subs)
+    assert not clash, f"{package} exports {clash}, which are also its submodules"

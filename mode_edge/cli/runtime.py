@@ -26,9 +26,9 @@ def runtime_build(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every command."),
 ) -> None:
     """Fetch llama-cpp-python 0.3.36 from the package index, apply the patch series (vendor/patches), build, install."""
-    from mode_edge.runtime import build
+    from mode_edge.runtime import build_runtime
 
-    wheel = build(
+    wheel = build_runtime(
         cuda=cuda,
         metal=metal,
         force=force,

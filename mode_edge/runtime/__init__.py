@@ -5,7 +5,7 @@ from mode_edge._lazy import lazy_api
 API = {
     "CPU_SKIP": "build",
     "GROUPS": "build",
-    "build": "build",
+    "build_runtime": "build",
     "capabilities": "build",
     "patch_series": "build",
 }

@@ -162,7 +162,7 @@ def apply_series(llama: Path, series: list[Path], log: Callable[[str], None]) ->
         _run(["patch", "-p1", "--forward", "-i", str(patch)], log, cwd=llama)
 
 
-def build(
+def build_runtime(
     cuda: bool = False,
     metal: bool = False,
     force: bool = False,
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     try:
-        wheel = build(
+        wheel = build_runtime(
             args.cuda,
             args.metal,
             args.force,

@@ -33,3 +33,15 @@ def test_failure_shows_the_last_lines():
         )
     msg = e.value.message
     assert "exit 3" in msg and "\n99" in msg and "\n69" not in msg  # the last 30 lines only
+
+
+def test_runtime_build_command_finds_the_cached_wheel(capsys):
+    """The README's install builds first, so this is a cache hit: the command itself, end to end
+    (it once called the `build` submodule instead of the function)."""
+    import mode_edge.run.chat  # noqa: F401  (imports mode_edge.runtime.build, as chat and serve do)
+    from tests.helpers import cli
+
+    assert cli(["runtime", "build", "--no-install"]) == 0
+    out = capsys.readouterr()
+    assert "built " in out.out and out.out.strip().endswith(".whl")
+    assert "using the cached runtime" in out.err

@@ -9,8 +9,8 @@ import zipfile
 
 import pytest
 
+import mode_edge.runtime.build as rb
 from mode_edge.errors import UserError
-from mode_edge.runtime import build as rb
 from tests.helpers import ROOT
 
 
