@@ -14,7 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from mode_edge.errors import UserError
 from mode_edge.formats.quant_types import bits_per_weight
@@ -22,6 +22,16 @@ from mode_edge.formats.quant_types import bits_per_weight
 GROUPS_KEY = "mode_edge.expert_groups"
 GROUPS_VERSION = 1
 
+_INT_TYPES = {
+    GGUFValueType.UINT8,
+    GGUFValueType.UINT16,
+    GGUFValueType.UINT32,
+    GGUFValueType.UINT64,
+    GGUFValueType.INT8,
+    GGUFValueType.INT16,
+    GGUFValueType.INT32,
+    GGUFValueType.INT64,
+}
 _GROUP_RE = re.compile(r"^(?P<base>.+)\.g(?P<k>\d+)\.(?P<kind>weight|ids)$")
 
 
@@ -39,8 +49,45 @@ def split_groups(types: list[GGMLQuantizationType]) -> list[tuple[GGMLQuantizati
     return [(t, by_type[t]) for t in order]
 
 
+def _field(reader: GGUFReader, key: str):
+    f = reader.fields.get(key)
+    return None if f is None or not f.types else f
+
+
+def _int_field(reader: GGUFReader, key: str) -> int | None:
+    f = _field(reader, key)
+    if f is None or len(f.types) != 1 or f.types[0] not in _INT_TYPES:
+        return None
+    return int(f.parts[f.data[0]][0])
+
+
+def _str_field(reader: GGUFReader, key: str) -> str:
+    f = _field(reader, key)
+    if f is None or f.types[0] != GGUFValueType.STRING:
+        return ""
+    return bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
+
+
+def _check_version(reader: GGUFReader) -> None:
+    """The runtime's rule: UINT32 1, or the groups are not read."""
+    f = _field(reader, GROUPS_KEY)
+    if f is None:
+        raise UserError(f"the file has expert-group tensors but no {GROUPS_KEY} key", "the file is corrupt")
+    if f.types != [GGUFValueType.UINT32]:
+        raise UserError(
+            f"{GROUPS_KEY} is a {f.types[0].name}, expected UINT32 {GROUPS_VERSION}", "the file is corrupt"
+        )
+    version = int(f.parts[f.data[0]][0])
+    if version != GROUPS_VERSION:
+        raise UserError(
+            f"expert-group layout version {version} is not supported (this mode-edge reads {GROUPS_VERSION})",
+            "convert the model with this version of mode-edge",
+        )
+
+
 def read_groups(reader: GGUFReader) -> dict[str, list[dict[str, Any]]]:
-    """base tensor name -> its groups (k, type, ids, shape), checked as the runtime checks them.
+    """base tensor name -> its groups (k, type, ids, shape), checked as the runtime checks them:
+    the layout version, ids partitioning 0..expert_count-1, shapes (docs/gguf-expert-groups.md).
 
     Raises UserError if any tensor's groups are malformed (ids not a partition, bad shapes)."""
     weights: dict[str, dict[int, Any]] = defaultdict(dict)
@@ -50,6 +97,9 @@ def read_groups(reader: GGUFReader) -> dict[str, list[dict[str, Any]]]:
         if m:
             (weights if m["kind"] == "weight" else ids)[m["base"]][int(m["k"])] = t
     out: dict[str, list[dict[str, Any]]] = {}
+    if weights or ids:
+        _check_version(reader)
+    n_expert = _int_field(reader, f"{_str_field(reader, 'general.architecture')}.expert_count")
     for base in sorted(set(weights) | set(ids)):
         ws, iz = weights.get(base, {}), ids.get(base, {})
         if ws.keys() != iz.keys():
@@ -78,10 +128,9 @@ def read_groups(reader: GGUFReader) -> dict[str, list[dict[str, Any]]]:
                 raise UserError(f"{base}.g{k}.ids are not ascending", "the file is corrupt")
             all_ids += id_list
             groups.append({"k": k, "type": w.tensor_type, "ids": id_list, "shape": shape})
-        if sorted(all_ids) != list(range(len(all_ids))):
-            raise UserError(
-                f"{base}: group ids do not partition 0..{len(all_ids) - 1}", "the file is corrupt"
-            )
+        n = n_expert if n_expert is not None else len(all_ids)
+        if sorted(all_ids) != list(range(n)):
+            raise UserError(f"{base}: group ids do not partition 0..{n - 1}", "the file is corrupt")
         out[base] = groups
     return out
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 
+from mode_edge.formats.groups import GROUPS_KEY
 from mode_edge.formats.plan import QuantPlan
 from mode_edge.gguf.export import export_model
 from mode_edge.runtime.build import GROUPS, capabilities
@@ -209,7 +210,17 @@ except Exception as e:
 """
 
 
-@pytest.mark.parametrize("case", ["repeated", "out_of_range", "missing", "wrong_shape"])
+REFUSED = {
+    "repeated": "is already in group",
+    "out_of_range": "is outside 0..",
+    "missing": "is in no group",
+    "wrong_shape": "has shape",
+    "version": "layout version 2 is not supported",
+    "key_type": "mode_edge.expert_groups is a str, expected UINT32 1",
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
 def test_malformed_grouped_files_are_refused_at_load(stock, tmp_path, case):
     from gguf import GGUFReader, GGUFWriter
 
@@ -220,7 +231,11 @@ def test_malformed_grouped_files_are_refused_at_load(stock, tmp_path, case):
     w = GGUFWriter(bad, r.fields["general.architecture"].contents())
     from tests.gguf_rewrite import _copy_metadata
 
-    _copy_metadata(r, w, drop=set())
+    _copy_metadata(r, w, drop={GROUPS_KEY} if case in ("version", "key_type") else set())
+    if case == "version":
+        w.add_uint32(GROUPS_KEY, 2)
+    elif case == "key_type":
+        w.add_string(GROUPS_KEY, "1")
     target = "blk.0.ffn_up_exps.g1"
     for t in r.tensors:
         data = np.ascontiguousarray(t.data)
@@ -244,4 +259,4 @@ def test_malformed_grouped_files_are_refused_at_load(stock, tmp_path, case):
         [sys.executable, "-c", LOAD_SCRIPT, str(bad)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 3, (proc.returncode, proc.stderr[-1500:])  # an exception, not a crash
-    assert "mode-edge expert groups" in proc.stderr
+    assert "mode-edge expert groups" in proc.stderr and REFUSED[case] in proc.stderr, proc.stderr[-1500:]
