@@ -60,7 +60,7 @@ def run(code: str, *args) -> tuple[float, int, float]:
 def main() -> None:
     from PIL import Image
 
-    from testbed.tiny_qwen3_vl_moe import build_tiny_model
+    from testbed.tiny_qwen3_vl_moe import build_real_geometry_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=2)
@@ -70,16 +70,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="calib-bench-", dir=".") as tmp:
         tmp = Path(tmp)
-        model = build_tiny_model(
-            tmp / "model",
-            n_layers=args.layers,
-            hidden=2048,
-            n_experts=128,
-            top_k=8,
-            expert_ff=768,
-            max_shard_size="2GB",
-            layout="published",
-        )
+        model = build_real_geometry_model(tmp / "model", args.layers)
         data = tmp / "data"
         (data / "images").mkdir(parents=True)
         lines = []

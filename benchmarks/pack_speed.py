@@ -58,7 +58,7 @@ def main() -> None:
     from gguf import GGUFReader
 
     from mode_edge.gguf.export import export_model
-    from testbed.tiny_qwen3_vl_moe import build_tiny_model
+    from testbed.tiny_qwen3_vl_moe import build_real_geometry_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=1)
@@ -69,16 +69,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pack-bench-", dir=".") as tmp:
         tmp = Path(tmp)
-        model = build_tiny_model(
-            tmp / "model",
-            n_layers=args.layers,
-            hidden=2048,
-            n_experts=128,
-            top_k=8,
-            expert_ff=768,
-            max_shard_size="2GB",
-            layout="published",
-        )
+        model = build_real_geometry_model(tmp / "model", args.layers)
         f32 = export_model(model, tmp / "f32", "f32").text_path
         reader = GGUFReader(f32)
         n_params = sum(int(t.n_elements) for t in reader.tensors)

@@ -99,7 +99,7 @@ def main() -> None:
     from mode_edge.formats.tensors import Role
     from mode_edge.gguf.export import export_model
     from mode_edge.runtime.build import GROUPS, capabilities
-    from testbed.tiny_qwen3_vl_moe import build_tiny_model
+    from testbed.tiny_qwen3_vl_moe import build_real_geometry_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -118,16 +118,7 @@ def main() -> None:
         sys.exit("the installed llama.cpp is stock: run `mode-edge runtime build` first")
     with tempfile.TemporaryDirectory(prefix="mode-edge-rt-") as tmp:
         tmp = Path(tmp)
-        model = build_tiny_model(
-            tmp / "model",
-            n_layers=args.layers,
-            hidden=2048,
-            n_experts=128,
-            top_k=8,
-            expert_ff=768,
-            max_shard_size="2GB",
-            layout="published",
-        )
+        model = build_real_geometry_model(tmp / "model", args.layers)
         stock = export_model(
             model, tmp / "stock", None, plan=QuantPlan(default=T.Q4_K), label="q4_k"
         ).text_path

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mode_edge.allocate import (
@@ -55,7 +55,6 @@ class BudgetResult:
     export: ExportResult
     out_dir: Path
     report: PlanReport
-    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def files(self) -> list[Path]:
@@ -119,4 +118,4 @@ def convert_with_budget(
         model_dir,
         command or f"mode-edge convert {model_dir} --budget {budget.text or budget} -o {out_dir}",
     )
-    return BudgetResult(alloc, result, out_dir, report, stages)
+    return BudgetResult(alloc, result, out_dir, report)

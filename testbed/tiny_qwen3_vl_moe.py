@@ -110,6 +110,17 @@ def preprocessor_config() -> dict:
     }
 
 
+#: Qwen3-VL-30B-A3B's MoE geometry: what the speed benchmarks measure at (few layers of it)
+REAL_MOE_GEOMETRY = {"hidden": 2048, "n_experts": 128, "top_k": 8, "expert_ff": 768}
+
+
+def build_real_geometry_model(out_dir: Path, n_layers: int) -> Path:
+    """n_layers random MoE layers at REAL_MOE_GEOMETRY, in the published expert layout."""
+    return build_tiny_model(
+        out_dir, n_layers=n_layers, max_shard_size="2GB", layout="published", **REAL_MOE_GEOMETRY
+    )
+
+
 def build_tiny_model(
     out_dir: Path,
     *,

@@ -43,7 +43,6 @@ class ExpertTensor:
 class ModelLayout:
     def __init__(self, model: Path | Architecture):
         self.conv = open_architecture(model)
-        self.model_dir = self.conv.ckpt.dir
         self.text_specs = self.conv.text_tensors()
         self.other_roles = {s.name: s.role for s in self.text_specs if s.role != Role.EXPERT}
 

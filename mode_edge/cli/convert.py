@@ -187,7 +187,7 @@ def _convert_budget(
         f"model card: {output / 'README.md'}; report: {output / 'report.md'}; plan: {output / 'plan.json'}, "
         f"{output / 'plan.png'}"
     )
-    out.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.stages.items()))
+    out.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.report.stages.items()))
 
 
 def type_plan(model, qtype: str, threads: Optional[int]):

@@ -22,16 +22,6 @@ from mode_edge.formats.quant_types import bits_per_weight
 GROUPS_KEY = "mode_edge.expert_groups"
 GROUPS_VERSION = 1
 
-_INT_TYPES = {
-    GGUFValueType.UINT8,
-    GGUFValueType.UINT16,
-    GGUFValueType.UINT32,
-    GGUFValueType.UINT64,
-    GGUFValueType.INT8,
-    GGUFValueType.INT16,
-    GGUFValueType.INT32,
-    GGUFValueType.INT64,
-}
 _GROUP_RE = re.compile(r"^(?P<base>.+)\.g(?P<k>\d+)\.(?P<kind>weight|ids)$")
 
 
@@ -49,35 +39,16 @@ def split_groups(types: list[GGMLQuantizationType]) -> list[tuple[GGMLQuantizati
     return [(t, by_type[t]) for t in order]
 
 
-def _field(reader: GGUFReader, key: str):
-    f = reader.fields.get(key)
-    return None if f is None or not f.types else f
-
-
-def _int_field(reader: GGUFReader, key: str) -> int | None:
-    f = _field(reader, key)
-    if f is None or len(f.types) != 1 or f.types[0] not in _INT_TYPES:
-        return None
-    return int(f.parts[f.data[0]][0])
-
-
-def _str_field(reader: GGUFReader, key: str) -> str:
-    f = _field(reader, key)
-    if f is None or f.types[0] != GGUFValueType.STRING:
-        return ""
-    return bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
-
-
 def _check_version(reader: GGUFReader) -> None:
     """The runtime's rule: UINT32 1, or the groups are not read."""
-    f = _field(reader, GROUPS_KEY)
+    f = reader.get_field(GROUPS_KEY)
     if f is None:
         raise UserError(f"the file has expert-group tensors but no {GROUPS_KEY} key", "the file is corrupt")
     if f.types != [GGUFValueType.UINT32]:
         raise UserError(
             f"{GROUPS_KEY} is a {f.types[0].name}, expected UINT32 {GROUPS_VERSION}", "the file is corrupt"
         )
-    version = int(f.parts[f.data[0]][0])
+    version = int(f.contents())
     if version != GROUPS_VERSION:
         raise UserError(
             f"expert-group layout version {version} is not supported (this mode-edge reads {GROUPS_VERSION})",
@@ -99,7 +70,12 @@ def read_groups(reader: GGUFReader) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     if weights or ids:
         _check_version(reader)
-    n_expert = _int_field(reader, f"{_str_field(reader, 'general.architecture')}.expert_count")
+    arch = reader.get_field("general.architecture")
+    count = reader.get_field(f"{arch.contents() if arch is not None else ''}.expert_count")
+    try:
+        n_expert = int(count.contents()) if count is not None else None
+    except (TypeError, ValueError):
+        raise UserError(f"{count.name} is not a number", "the file is corrupt") from None
     for base in sorted(set(weights) | set(ids)):
         ws, iz = weights.get(base, {}), ids.get(base, {})
         if ws.keys() != iz.keys():

@@ -27,8 +27,6 @@ from mode_edge.signals.sensitivity import (
 )
 
 NORM_PROBES = 100  # MoPEQ's Hutchinson probes for its weight-norm Hessian
-# token caches for sensitivity (one per entry of its last axis) and for the Hessian (all routed tokens)
-CACHES = SENS_MODALITIES
 
 
 class BottomK:
@@ -90,7 +88,8 @@ class LayerRecorder:
         self.prob_sums = np.zeros((3, E), dtype=np.float64)
         self.in_sq = np.zeros((3, 2, E, hidden), dtype=np.float64)  # [modality, plain/weighted, E, H]
         self.mid_sq = np.zeros((3, 2, E, expert_ff), dtype=np.float64)
-        self.caches = {(c, e): BottomK(cap) for c in CACHES for e in range(E)}
+        # token caches, one per entry of sensitivity's last axis ("all" also feeds the Hessian)
+        self.caches = {(c, e): BottomK(cap) for c in SENS_MODALITIES for e in range(E)}
         self.gen = torch.Generator().manual_seed(seed)
         self.n_key_tokens = 0
         self.n_image_tokens = 0
