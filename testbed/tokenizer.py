@@ -13,6 +13,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 # Qwen2/Qwen3's split regex (what llama.cpp calls the "qwen2" pre-tokenizer).
 QWEN_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# Qwen3.5's (llama.cpp's "qwen35"): combining marks join letters
+QWEN35_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 # Qwen3-VL's special tokens, in its order (ids follow the learned vocabulary).
 QWEN_SPECIAL_TOKENS = [
@@ -69,13 +71,15 @@ _DEFAULT_CORPUS = [
 ]
 
 
-def train_tiny_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None) -> Tokenizer:
-    """Train a byte-level BPE with Qwen's pre-tokenizer; specials get the last ids."""
+def train_tiny_tokenizer(
+    vocab_size: int = 512, corpus: list[str] | None = None, regex: str = QWEN_PRETOKENIZE_REGEX
+) -> Tokenizer:
+    """Train a byte-level BPE with Qwen's pre-tokenizer (or `regex`); specials get the last ids."""
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -91,7 +95,9 @@ def train_tiny_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None)
     return tok
 
 
-def save_tokenizer(tok: Tokenizer, out_dir: Path, model_max_length: int = 4096) -> dict[str, int]:
+def save_tokenizer(
+    tok: Tokenizer, out_dir: Path, model_max_length: int = 4096, tokenizer_class: str = "Qwen2Tokenizer"
+) -> dict[str, int]:
     """Write tokenizer.json, tokenizer_config.json and chat_template.jinja as Qwen does.
 
     Returns the ids of the special tokens the model config needs.
@@ -110,7 +116,8 @@ def save_tokenizer(tok: Tokenizer, out_dir: Path, model_max_length: int = 4096) 
         for t in QWEN_SPECIAL_TOKENS
     }
     config = {
-        "tokenizer_class": "Qwen2Tokenizer",
+        # transformers 5 builds the pre-tokenizer from the class, not from tokenizer.json
+        "tokenizer_class": tokenizer_class,
         "added_tokens_decoder": added,
         "bos_token": None,
         "eos_token": "<|im_end|>",

@@ -385,14 +385,29 @@ class Qwen3VLMoeCalibration(Calibration):
     checkpoint, so only one layer's weights are ever resident.
     """
 
-    def __init__(self, conv: Qwen3VLMoe, attn_implementation: str = "sdpa", device: str = "cpu"):
-        import torch
-        from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLMoeConfig
-        from transformers.models.qwen3_vl_moe import modeling_qwen3_vl_moe as m
+    #: transformers' module and classes (Qwen3.5-MoE's calibration reuses this one with its own)
+    MODULE = "qwen3_vl_moe"
+    CONFIG = "Qwen3VLMoeConfig"
+    CLASSES = {
+        "model": "Qwen3VLMoeModel",
+        "rotary": "Qwen3VLMoeTextRotaryEmbedding",
+        "vision": "Qwen3VLMoeVisionModel",
+        "layer": "Qwen3VLMoeTextDecoderLayer",
+        "norm": "Qwen3VLMoeTextRMSNorm",
+    }
 
+    def __init__(self, conv: Qwen3VLMoe, attn_implementation: str = "sdpa", device: str = "cpu"):
+        import importlib
+
+        import torch
+        import transformers
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        m = importlib.import_module(f"transformers.models.{self.MODULE}.modeling_{self.MODULE}")
         self.conv, self.ckpt, self.m = conv, conv.ckpt, m
+        self.cls = {k: getattr(m, v) for k, v in self.CLASSES.items()}
         self.device = torch.device(device)
-        self.config = Qwen3VLMoeConfig.from_pretrained(self.ckpt.dir)
+        self.config = getattr(transformers, self.CONFIG).from_pretrained(self.ckpt.dir)
         self.config._attn_implementation = attn_implementation
         self.config.text_config._attn_implementation = attn_implementation
         self.config.vision_config._attn_implementation = attn_implementation
@@ -408,8 +423,8 @@ class Qwen3VLMoeCalibration(Calibration):
         self.image_processor = AutoImageProcessor.from_pretrained(self.ckpt.dir)
         self.merge = self.config.vision_config.spatial_merge_size
         with torch.device("meta"):
-            self._meta = m.Qwen3VLMoeModel(self.config)  # for get_rope_index (config only)
-        self.rotary = m.Qwen3VLMoeTextRotaryEmbedding(tc).to(self.device)
+            self._meta = self.cls["model"](self.config)  # for get_rope_index (config only)
+        self.rotary = self.cls["rotary"](tc).to(self.device)
         self._embed = None
         self._visual = None
 
@@ -448,7 +463,7 @@ class Qwen3VLMoeCalibration(Calibration):
             return
         w = torch.from_numpy(self.ckpt.load(TEXT_PREFIX + "embed_tokens.weight"))
         self._embed = torch.nn.Embedding.from_pretrained(w, freeze=True)
-        visual = self.m.Qwen3VLMoeVisionModel._from_config(self.config.vision_config)
+        visual = self.cls["vision"]._from_config(self.config.vision_config)
         visual.load_state_dict(self._state(VISION_PREFIX), strict=True)
         self._visual = visual.eval().requires_grad_(False).to(self.device)
 
@@ -471,7 +486,7 @@ class Qwen3VLMoeCalibration(Calibration):
                 )
                 image_mask = image_mask.to(dev)
                 h = h.masked_scatter(image_mask[..., None].expand_as(h), out.pooler_output.to(h.dtype))
-                deepstack = list(out.deepstack_features)
+                deepstack = list(getattr(out, "deepstack_features", None) or [])
                 pos, _ = self._meta.get_rope_index(
                     ids, mm_token_type_ids=image_mask.int(), image_grid_thw=grid
                 )
@@ -501,7 +516,7 @@ class Qwen3VLMoeCalibration(Calibration):
         import torch
 
         with torch.device("meta"):
-            layer = self.m.Qwen3VLMoeTextDecoderLayer(self.config.text_config, il)
+            layer = self.cls["layer"](self.config.text_config, il)
         layer = layer.to_empty(device=self.device)
         state = self._state(f"{TEXT_PREFIX}layers.{il}.", skip=".mlp.experts.")
         missing, unexpected = layer.load_state_dict(state, strict=False)
@@ -539,7 +554,7 @@ class Qwen3VLMoeCalibration(Calibration):
 
         if getattr(self, "_head", None) is None:
             tc = self.config.text_config
-            norm = self.m.Qwen3VLMoeTextRMSNorm(tc.hidden_size, eps=tc.rms_norm_eps)
+            norm = self.cls["norm"](tc.hidden_size, eps=tc.rms_norm_eps)
             norm.load_state_dict({"weight": torch.from_numpy(self.ckpt.load(TEXT_PREFIX + "norm.weight"))})
             name = (
                 "lm_head.weight"

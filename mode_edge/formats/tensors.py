@@ -19,7 +19,9 @@ class Role(str, Enum):
     ROUTER = "router"  # MoE gate (kept F32: routing decisions are sensitive)
     ATTN = "attn"  # attention projections
     EXPERT = "expert"  # routed experts, [n_expert, n_out, n_in]
-    FFN = "ffn"  # dense or shared-expert FFN
+    FFN = "ffn"  # dense FFN
+    SHARED = "shared"  # shared (always active) experts
+    SSM = "ssm"  # recurrent-state parameters (conv kernel, decay, time-step bias): kept F32
     VISION = "vision"  # vision tower weights
     PROJECTOR = "projector"  # vision -> text projector (merger, deepstack)
     POSITION = "position"  # learned position embeddings (interpolated in F32 by clip)

@@ -24,7 +24,7 @@ from mode_edge.quantize import encode_experts, encode_rows_parallel, requires_im
 
 T = GGMLQuantizationType
 
-_ALWAYS_F32 = {Role.NORM, Role.BIAS, Role.ROUTER, Role.POSITION}
+_ALWAYS_F32 = {Role.NORM, Role.BIAS, Role.ROUTER, Role.POSITION, Role.SSM}  # as llama-quantize
 
 
 def keeps_f32(spec: TensorSpec) -> bool:
