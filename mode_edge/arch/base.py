@@ -158,6 +158,17 @@ class Calibration(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Post-norm, post-RoPE queries [heads, T, d], keys [heads, T, d] (GQA repeated), scale."""
 
+    def softmax_attention(self, il: int) -> bool:
+        """Whether layer il computes softmax attention, which the key-token filter scores. A layer
+        that does not (linear attention) takes the key tokens of the nearest softmax layer before
+        it; layers before the first softmax layer take that layer's (calibrate/runner.py)."""
+        return True
+
+    def o_in_order(self, il: int) -> np.ndarray | None:
+        """The column order the GGUF stores the attention output matrix in, where it is not the
+        module's (its input statistics are permuted to match); None: the module's."""
+        return None
+
     @abstractmethod
     def attention_output(self, attn):
         """The module whose input is the attention's mixed values (o_proj)."""
@@ -177,3 +188,12 @@ class Calibration(ABC):
     @abstractmethod
     def gguf_expert_names(self, il: int) -> tuple[str, str, str]:
         """GGUF names of layer il's gate, up and down expert tensors."""
+
+    def shared_expert_weights(self, shared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        """The shared expert's (gate [Is, H], up [Is, H], down [H, Is]) and activation (for an
+        architecture whose LayerParts.shared_experts is not None)."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared experts")
+
+    def shared_expert_names(self, il: int) -> tuple[str, str, str]:
+        """GGUF names of layer il's shared gate, up and down tensors."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared experts")

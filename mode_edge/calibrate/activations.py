@@ -32,8 +32,9 @@ def choose_mode(mode: str, n_tokens: int, hidden: int) -> str:
 
 
 class Activations:
-    def __init__(self, mode: str, partial: Path, n: int):
+    def __init__(self, mode: str, partial: Path, n: int, resumable: bool = True):
         self.mode, self.partial, self.n = mode, partial, n
+        self.resumable = resumable  # memory mode: save each layer's outputs for resume
         self.mem: list[torch.Tensor | None] = [None] * n
         self.read_slot = 0
 
@@ -71,8 +72,9 @@ class Activations:
     def end_layer(self) -> dict:
         """Make this layer's outputs the next inputs; returns what resume needs to know."""
         if self.mode == "memory":
-            with atomic_path(self.partial / "hidden.pt") as tmp:
-                torch.save(self.mem, tmp)
+            if self.resumable:
+                with atomic_path(self.partial / "hidden.pt") as tmp:
+                    torch.save(self.mem, tmp)
             return {"activations": "memory"}
         self.read_slot = 1 - self.read_slot
         return {"activations": "disk", "slot": self.read_slot}

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ from mode_edge.arch import Architecture, open_architecture
 from mode_edge.calibrate.activations import Activations, choose_mode
 from mode_edge.calibrate.gamma import measure_gamma
 from mode_edge.errors import UserError
-from mode_edge.files import write_json_atomic
+from mode_edge.files import atomic_path, write_json_atomic
 from mode_edge.formats.quant_types import LADDER
 from mode_edge.formats.samples import data_hash, load_image, read_samples
 from mode_edge.formats.stats import (
@@ -42,6 +43,7 @@ from mode_edge.signals import (
     IMPORTANCES,
     AttentionRecorder,
     LayerRecorder,
+    SharedExpertRecorder,
     key_scores,
     method_imatrix,
     query_positions,
@@ -128,6 +130,45 @@ def _modalities(
     return mod
 
 
+def _attention_seen(cal, layer) -> tuple[Any, dict, Any]:
+    """(attention module, what its hook records, the hook) for one loaded layer."""
+    attn = cal.parts(layer).attention
+    seen: dict = {}
+    hook = attn.register_forward_pre_hook(
+        lambda m, a, kw, seen=seen: seen.__setitem__("attn", cal.attention_inputs(a, kw)), with_kwargs=True
+    )
+    return attn, seen, hook
+
+
+def _look_ahead(cal, acts: Activations, rendered, states, start: int, key_fn) -> tuple[int, list]:
+    """Key-token modalities of the first softmax-attention layer at or after `start`, for the
+    layers before it that have none (linear attention): runs those layers once more, forward only."""
+    first = next(il for il in range(start, cal.n_layers) if cal.softmax_attention(il))
+    ahead = Activations(acts.mode, acts.partial / "lookahead", len(rendered), resumable=False)
+    src = acts
+    for il in range(start, first):
+        layer = cal.load_layer(il)
+        ahead.begin_layer()
+        for i, s in enumerate(states):
+            s["hidden"] = src.get(i)
+            ahead.put(i, cal.run_layer(layer, il, s).cpu())
+            del s["hidden"]
+        ahead.end_layer()
+        src = ahead
+        del layer
+    layer = cal.load_layer(first)
+    attn, seen, hook = _attention_seen(cal, layer)
+    mods = []
+    for i, (r, s) in enumerate(zip(rendered, states)):
+        s["hidden"] = src.get(i)
+        cal.run_layer(layer, first, s)
+        mods.append(key_fn(r, seen["attn"], attn))
+        del s["hidden"]
+    hook.remove()
+    shutil.rmtree(acts.partial / "lookahead", ignore_errors=True)
+    return first, mods
+
+
 def _finished_with(out_dir: Path, identity: dict) -> bool:
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
@@ -203,15 +244,22 @@ def calibrate(
 
     t0 = time.perf_counter()
     gamma = _gamma(cal, rendered[: opts.samples], opts, partial, warn)
+
+    def key_fn(r, attn_inputs, attn):
+        return _modalities(cal, r, attn_inputs, attn, special, newline_ids, im_start, opts.rho)
+
+    # key tokens of layers without softmax attention: the last softmax layer's (kept for resume)
+    keys_path = partial / "key_tokens.pt"
+    key_mods = torch.load(keys_path) if start > 0 and keys_path.is_file() else None
     for il in range(start, cal.n_layers):
+        if key_mods is None and not cal.softmax_attention(il):
+            _, key_mods = _look_ahead(cal, acts, rendered, states, il, key_fn)
         layer = cal.load_layer(il)
-        attn, moe, router, experts, _ = cal.parts(layer)
-        seen: dict = {}
+        attn, moe, router, experts, shared = cal.parts(layer)
+        softmax = cal.softmax_attention(il)
+        attn, seen, attn_hook = _attention_seen(cal, layer)
         hooks = [  # each hook binds this layer's `seen` (the name is dropped after the layer)
-            attn.register_forward_pre_hook(
-                lambda m, a, kw, seen=seen: seen.__setitem__("attn", cal.attention_inputs(a, kw)),
-                with_kwargs=True,
-            ),
+            attn_hook,
             moe.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("moe_in", a[0])),
             router.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__("router", o)),
             cal.attention_output(attn).register_forward_pre_hook(
@@ -219,25 +267,37 @@ def calibrate(
             ),
         ]
         arec = AttentionRecorder()
+        srec = SharedExpertRecorder() if shared is not None else None
+        o_order = cal.o_in_order(il)
         rec = LayerRecorder(cal.n_experts, cal.hidden, cal.expert_ff, opts.cap, seed=opts.seed * 100003 + il)
         # statistics are taken on the CPU: a CPU copy of the experts when layers run elsewhere
         cpu_experts = experts if opts.device == "cpu" else _cpu_copy(experts)
+        cpu_shared = None if shared is None else (shared if opts.device == "cpu" else _cpu_copy(shared))
 
         def experts_fn(e, experts=cpu_experts):
             return cal.expert_weights(experts, e)
 
         acts.begin_layer()
+        new_mods = []
         for i, (r, s) in enumerate(zip(rendered, states)):
             s["hidden"] = acts.get(i)
             s_next = cal.run_layer(layer, il, s)
             indices, weights, probs = cal.routing(seen["router"])
-            mod = _modalities(cal, r, seen["attn"], attn, special, newline_ids, im_start, opts.rho)
+            mod = key_fn(r, seen["attn"], attn) if softmax else key_mods[i]
+            new_mods.append(mod)
             x = seen["moe_in"].reshape(-1, cal.hidden).cpu()
             full = i < opts.samples  # the samples past --samples only count routing (--count-samples)
             rec.add(x, indices.cpu(), weights.cpu(), mod, experts_fn, probs.cpu(), counts_only=not full)
             if full:
                 arec.add("attn_in", seen["attn"][0], mod)
-                arec.add("o_in", seen["o_in"], mod)
+                o_in = seen["o_in"] if o_order is None else seen["o_in"][..., torch.from_numpy(o_order)]
+                arec.add("o_in", o_in, mod)
+                if srec is not None:
+                    wg, wu, _, act = cal.shared_expert_weights(cpu_shared)
+                    with torch.no_grad():
+                        mid = act(x @ wg.T.float()) * (x @ wu.T.float())
+                    srec.add("shexp_in", x, mod)
+                    srec.add("shexp_mid", mid, mod)
             acts.put(i, s_next.cpu())
             del s["hidden"], s_next
             if progress.on_sample:
@@ -246,11 +306,21 @@ def calibrate(
             h.remove()
         arrays = rec.finish(experts_fn, types, opts.probes, default_threads(), gamma=gamma["gamma"])
         arrays.update(arec.finish(cal.attention_matrices(attn, il), types))
+        if srec is not None:
+            wg, wu, wd, _ = cal.shared_expert_weights(cpu_shared)
+            names = cal.shared_expert_names(il)
+            mats = [(names[0], wg, "shexp_in"), (names[1], wu, "shexp_in"), (names[2], wd, "shexp_mid")]
+            arrays.update(srec.finish(mats, types))
         save_arrays_atomic(partial / f"layer-{il:03d}.safetensors", arrays)
+        if softmax:
+            key_mods = new_mods
+            with atomic_path(keys_path) as tmp:
+                torch.save(key_mods, tmp)
         write_json_atomic(state_path, {"identity": identity, "next_layer": il + 1, **acts.end_layer()})
         # drop every reference to this layer before the next one loads (the closure and the
         # CPU copy of its experts would otherwise keep two layers resident)
-        del layer, attn, moe, router, experts, cpu_experts, experts_fn, rec, arec, seen, hooks, arrays
+        del layer, attn, moe, router, experts, shared, cpu_experts, cpu_shared, experts_fn
+        del rec, arec, srec, seen, hooks, arrays
         if progress.on_layer_done:
             progress.on_layer_done(il)
         if stop_after_layer is not None and il >= stop_after_layer:
@@ -309,6 +379,12 @@ def _finish(
         "gguf_names": {str(il): list(cal.gguf_expert_names(il)) for il in range(cal.n_layers)},
         "attn_tensors": {str(il): [list(x) for x in cal.attention_names(il)] for il in range(cal.n_layers)},
     }
+    if "shexp_sensitivity" in layers[0]:
+        inputs = ("shexp_in", "shexp_in", "shexp_mid")
+        manifest["shared_tensors"] = {
+            str(il): [[n, k] for n, k in zip(cal.shared_expert_names(il), inputs)]
+            for il in range(cal.n_layers)
+        }
     stats = ExpertStats(manifest, layers)
     stats.save(out_dir)
     method_imatrix(stats, "plain").save(out_dir / IMATRIX_FILE)

@@ -18,6 +18,10 @@
         layer.{l}.o_in_sq       float32 [3, D]            sum x^2 of o_proj's input by modality
         layer.{l}.attn_sensitivity float64 [n_attn, n_types, 3]  expected output error per matrix
                                                           (manifest attn_tensors: names, inputs)
+        layer.{l}.shexp_tokens, shexp_in_sq [3, H], shexp_mid_sq [3, Is], shexp_sensitivity
+                                [3, n_types, 3]   the same for the shared expert's gate, up and
+                                                  down, where the model has one (manifest
+                                                  shared_tensors)
     STATS_DIR/imatrix.gguf            plain importance matrix (llama.cpp format) for pack
 
 Modalities are ("text", "vision_key", "vision_red"); vision = key + redundant. The manifest

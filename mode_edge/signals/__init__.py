@@ -11,6 +11,7 @@ API = {
     "query_positions": "keytokens",
     "select_key_tokens": "keytokens",
     "AttentionRecorder": "attention",
+    "SharedExpertRecorder": "attention",
     "LayerRecorder": "recorder",
 }
 __all__ = sorted(API)

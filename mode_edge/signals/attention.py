@@ -1,8 +1,10 @@
-"""Attention matrices' own statistics, so the allocator can choose their types too.
+"""Dense matrices' own statistics (attention, shared experts), so the allocator can choose
+their types too: every token passes them (frequency 1 in each modality).
 
-Per layer and modality (text, key vision, redundant vision): sum of x^2 of the attention
-input (what q, k and v read) and of the o_proj input, and token counts. Sensitivity of a
-matrix W stored as type q, for modality M:
+Per layer and modality (text, key vision, redundant vision): sum of x^2 of each input the
+matrices read (attention: what q, k and v read, and o_proj's input; shared experts: the MoE
+input, which gate and up read, and the intermediate activation down reads), and token counts.
+Sensitivity of a matrix W stored as type q, for modality M:
 
     delta_M(W, q) = sum_j imp_M[j] * mean_i (W - Q(W))_ij^2,    imp_M[j] = mean x_j^2 over M
 
@@ -19,10 +21,15 @@ from mode_edge.formats.stats import KEY, RED, TEXT
 from mode_edge.signals.sensitivity import stored
 
 INPUTS = ("attn_in", "o_in")  # what q/k/v read, what o_proj reads
+SHARED_INPUTS = ("shexp_in", "shexp_mid")  # what the shared gate/up read, what its down reads
 
 
-class AttentionRecorder:
-    def __init__(self):
+class MatrixRecorder:
+    """prefix names the outputs ({prefix}_tokens, {prefix}_sensitivity); tokens are counted on
+    the first input kind."""
+
+    def __init__(self, prefix: str = "attn", inputs: tuple[str, str] = INPUTS):
+        self.prefix, self.inputs = prefix, inputs
         self.sq: dict[str, np.ndarray] = {}
         self.tokens = np.zeros(3, dtype=np.int64)
 
@@ -33,7 +40,7 @@ class AttentionRecorder:
             sel = modality == m
             if bool(sel.any()):
                 acc[m] += (x[sel] ** 2).sum(0).numpy()
-        if kind == INPUTS[0]:
+        if kind == self.inputs[0]:
             self.tokens += np.bincount(modality.numpy(), minlength=3)[:3]
 
     def means(self, kind: str) -> np.ndarray:
@@ -53,7 +60,17 @@ class AttentionRecorder:
                 err = ((w - stored(w, t, plain)) ** 2).mean(0).double().numpy()  # [in]
                 sens[i, ti] = imp @ err
         return {
-            "attn_tokens": self.tokens.copy(),
-            "attn_sensitivity": sens,
+            f"{self.prefix}_tokens": self.tokens.copy(),
+            f"{self.prefix}_sensitivity": sens,
             **{f"{k}_sq": v.astype(np.float32) for k, v in self.sq.items()},
         }
+
+
+class AttentionRecorder(MatrixRecorder):
+    def __init__(self):
+        super().__init__("attn", INPUTS)
+
+
+class SharedExpertRecorder(MatrixRecorder):
+    def __init__(self):
+        super().__init__("shexp", SHARED_INPUTS)
