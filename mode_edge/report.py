@@ -3,6 +3,7 @@ tables that `plan` and `convert --budget` print."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class PlanReport:
     extra: dict  # the plan's granularity, solver, importance, per-layer bits
     stages: dict[str, float] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
+    shared: dict[str, int] = field(default_factory=dict)  # shared-expert tensors the ILP typed, by type
 
     @classmethod
     def of(
@@ -50,6 +52,7 @@ class PlanReport:
             dict(alloc.plan.extra),
             dict(stages or {}),
             {p.name: p.stat().st_size for p in files or []},
+            dict(Counter(t.name for t in alloc.shared_types.values())),
         )
 
     def to_json(self) -> dict:
@@ -63,6 +66,7 @@ class PlanReport:
             "routed_expert_bpw": round(self.expert_bpw, 4),
             "parts": dict(self.parts),
             "experts_by_type": {t: {"expert_tensors": u, "bytes": b} for t, u, b in self.types},
+            **({"shared_experts_by_type": self.shared} if self.shared else {}),
             "seconds": {k: round(v, 2) for k, v in self.stages.items()},
             "solver": x.get("solver"),
             "importance": x.get("importance"),
@@ -86,6 +90,14 @@ class PlanReport:
             "|---|---:|---:|",
             *[f"| {t} | {u:,} | {b:,} |" for t, u, b in self.types],
             "",
+            *(
+                [
+                    "Shared-expert tensors by type: " + ", ".join(f"{t} {n}" for t, n in self.shared.items()),
+                    "",
+                ]
+                if self.shared
+                else []
+            ),
             "| stage | seconds |",
             "|---|---:|",
             *[f"| {k} | {v:.1f} |" for k, v in self.stages.items()],
@@ -120,6 +132,10 @@ class PlanReport:
         for t, units, b in self.types:
             types.add_row(t, f"{units:,}", f"{b:,}")
         out.print(types)
+        if self.shared:
+            out.print(
+                "shared-expert tensors by type: " + ", ".join(f"{t} {n}" for t, n in self.shared.items())
+            )
         gap = "" if self.gap is None else f", gap {100 * self.gap:.3f}%"
         out.print(
             f"{self.expert_bpw:.3f} bits per routed-expert weight; solver {self.status}{gap}; {self.seconds:.1f} s"

@@ -50,6 +50,9 @@ class AllocOptions:
     ceiling: str | None = None
     other: str = "Q8_0"  # non-expert text matrices
     attn: str | None = None  # attention matrices: a type, "auto" (chosen by the ILP), or `other`
+    # shared experts: a type, "auto" (ILP items), or None: auto where the method prices types by
+    # sensitivity under a byte budget, else `other`
+    shared: str | None = None
     mmproj: str = "F16"
     fixed: dict[str, T] = field(default_factory=dict)  # types of named non-expert tensors (e.g. a preset's)
     context: int = 0  # KV-cache tokens to reserve in a byte budget
@@ -85,6 +88,8 @@ class Allocation:
     gap: float | None
     seconds: float
     notes: list[str]
+    shared_types: dict[str, T] = field(default_factory=dict)  # shared-expert types the ILP chose
+    shared_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -210,10 +215,11 @@ def _plan(
         default=parse_type(opts.other),
         mmproj=parse_type(opts.mmproj),
     )
-    if opts.attn and opts.attn != "auto":
-        for name, role in layout.other_roles.items():
-            if role == Role.ATTN:
-                plan.tensors[name] = parse_type(opts.attn)
+    for flag, role in ((opts.attn, Role.ATTN), (opts.shared, Role.SHARED)):
+        if flag and flag != "auto":
+            for name, r in layout.other_roles.items():
+                if r == role:
+                    plan.tensors[name] = parse_type(flag)
     plan.tensors.update(opts.fixed)
     plan.tensors.update(attn_types)
     for name, types in per_tensor.items():
@@ -222,7 +228,12 @@ def _plan(
 
 
 def _check_fixed_types(opts: AllocOptions) -> None:
-    for flag, name in (("--other", opts.other), ("--attn-type", opts.attn), ("--mmproj-type", opts.mmproj)):
+    for flag, name in (
+        ("--other", opts.other),
+        ("--attn-type", opts.attn),
+        ("--shared-type", opts.shared),
+        ("--mmproj-type", opts.mmproj),
+    ):
         if name and name != "auto" and requires_imatrix(parse_type(name)):
             raise UserError(
                 f"{flag} {name} needs an importance matrix, and calibration measures one only for the "
@@ -238,17 +249,32 @@ class AttnItems:
     cost: np.ndarray  # [m, k]
 
 
-def attention_items(
-    stats: ExpertStats, layout: ModelLayout, method: Method, cands: list[T], cols: list[int], ctx: Context
+#: dense matrices that can be ILP items: (manifest list, sensitivity array) in the statistics
+DENSE = {
+    "attention": ("attn_tensors", "attn_sensitivity"),
+    "shared experts": ("shared_tensors", "shexp_sensitivity"),
+}
+
+
+def dense_items(
+    stats: ExpertStats,
+    layout: ModelLayout,
+    method: Method,
+    cands: list[T],
+    cols: list[int],
+    ctx: Context,
+    what: str = "attention",
 ) -> AttnItems:
-    """Every attention matrix as one more ILP item, priced by its own measured sensitivity."""
-    if "attn_tensors" not in stats.manifest:
-        raise UserError("these statistics have no attention sensitivity", "re-run `mode-edge calibrate`")
+    """Every attention matrix (or shared-expert matrix) as one more ILP item, priced by its own
+    measured sensitivity at frequency 1 in each modality (every token passes it)."""
+    listed, sens_key = DENSE[what]
+    if listed not in stats.manifest:
+        raise UserError(f"these statistics have no {what} sensitivity", "re-run `mode-edge calibrate`")
     shapes = {s.name: s.shape for s in layout.text_specs}
     names, sizes, costs = [], [], []
     for layer in sorted(stats.layers):
-        sens = stats.layers[layer]["attn_sensitivity"]
-        for i, (name, _) in enumerate(stats.manifest["attn_tensors"][str(layer)]):
+        sens = stats.layers[layer][sens_key]
+        for i, (name, _) in enumerate(stats.manifest[listed][str(layer)]):
             if name not in shapes:
                 raise UserError(
                     f"the statistics name {name}, which this model does not have",
@@ -259,6 +285,23 @@ def attention_items(
             sizes.append([rows * row_bytes(fallback(t, row_size), row_size) for t in cands])
             costs.append(method.attention_cost(sens[i][cols], ctx))
     return AttnItems(names, np.array(sizes, dtype=np.int64), np.array(costs, dtype=np.float64))
+
+
+def attention_items(stats, layout, method, cands, cols, ctx) -> AttnItems:
+    return dense_items(stats, layout, method, cands, cols, ctx, "attention")
+
+
+def _shared_auto(opts: AllocOptions, method: Method, byte_budget: bool, has_shared: bool) -> bool:
+    """Whether the shared experts are ILP items (see AllocOptions.shared)."""
+    if not has_shared or (opts.shared is not None and opts.shared != "auto"):
+        return False
+    able = byte_budget and method.prices_dense
+    if opts.shared == "auto" and not able:
+        raise UserError(
+            "--shared-type auto needs a byte budget and a method that prices types by sensitivity",
+            "give --budget in bytes and a mode method, or a fixed --shared-type",
+        )
+    return able
 
 
 def _too_small(budget_bytes: int, need: int, detail: str) -> UserError:
@@ -281,11 +324,19 @@ def check_budget_before_calibration(
     cands = [parse_type(t) for t in types]
     smallest = min(cands, key=bits_per_weight)
     plan = QuantPlan(default=parse_type(opts.other), mmproj=parse_type(opts.mmproj), tensors=dict(opts.fixed))
+    has_shared = any(s.role == Role.SHARED for s in layout.text_specs)
+    shared_auto = _shared_auto(opts, get_method(opts.method), True, has_shared)
     for spec in layout.text_specs:
-        if spec.role == Role.EXPERT or (spec.role == Role.ATTN and opts.attn == "auto"):
+        if (
+            spec.role == Role.EXPERT
+            or (spec.role == Role.ATTN and opts.attn == "auto")
+            or (spec.role == Role.SHARED and shared_auto)
+        ):
             plan.tensors[spec.name] = smallest
         elif spec.role == Role.ATTN and opts.attn:
             plan.tensors[spec.name] = parse_type(opts.attn)
+        elif spec.role == Role.SHARED and opts.shared and opts.shared != "auto":
+            plan.tensors[spec.name] = parse_type(opts.shared)
     need = sum(layout.file_bytes(plan)) + layout.kv_cache_bytes(opts.context)
     if need > budget.bytes:
         raise _too_small(
@@ -349,14 +400,27 @@ def allocate(
     n = len(items.keys)
     rows = np.arange(n)
     reserve = layout.kv_cache_bytes(opts.context) if budget.bytes is not None else 0
-    attn = None
+    dense: list[AttnItems] = []
     if opts.attn == "auto":
         if budget.bytes is None or not method.needs_sensitivity:
             raise UserError(
                 "--attn-type auto needs a byte budget and a method that prices types by sensitivity",
                 "give --budget in bytes and a mode method, or a fixed --attn-type",
             )
-        attn = attention_items(stats, layout, method, cands, cols, ctx)
+        dense.append(dense_items(stats, layout, method, cands, cols, ctx, "attention"))
+    has_shared = any(r == Role.SHARED for r in layout.other_roles.values())
+    shared_on = _shared_auto(opts, method, budget.bytes is not None, has_shared)
+    if shared_on:
+        dense.append(dense_items(stats, layout, method, cands, cols, ctx, "shared experts"))
+    attn = (
+        None
+        if not dense
+        else AttnItems(
+            [n for d in dense for n in d.names],
+            np.vstack([d.sizes for d in dense]),
+            np.vstack([d.cost for d in dense]),
+        )
+    )
     sizes = items.sizes if attn is None else np.vstack([items.sizes, attn.sizes])
     cost = None
     if items.cost is not None:
@@ -380,7 +444,10 @@ def allocate(
         capacity = budget.bytes - reserve - fixed
         if smallest > capacity:
             need = fixed + smallest + reserve
-            what = "routed experts" + (" and attention" if attn is not None else "")
+            dense_what = [
+                w for w, on in (("attention", opts.attn == "auto"), ("shared experts", shared_on)) if on
+            ]
+            what = " and ".join(["routed experts", *dense_what])
             raise _too_small(
                 budget.bytes,
                 need,
@@ -441,6 +508,12 @@ def allocate(
     else:
         raise UserError("could not fit the expert-group headers into the budget", "raise --budget slightly")
     notes.extend(ctx.notes)
+    if has_shared:
+        notes.append(
+            "shared experts: ILP items at frequency 1 in each modality, priced by their own sensitivity"
+            if shared_on
+            else f"shared experts at {opts.shared or opts.other} (fixed)"
+        )
     notes.append(
         f"packed with the {method.importance} importance matrix, the one its errors were measured with"
         if method.needs_sensitivity
@@ -456,8 +529,14 @@ def allocate(
         notes.append(f"VEQ gamma {gamma:.4g} ({_gamma_source(stats, opts)})")
     if not method.published:
         notes.append(f"{method.name} is mode-edge's variant, not a published method (docs/methods.md)")
-    chosen_attn = attn_types(choice)
-    attn_bytes = int(sizes[np.arange(n, len(sizes)), choice[n:]].sum())
+    chosen = attn_types(choice)
+    shared_names = {nm for nm, r in layout.other_roles.items() if r == Role.SHARED}
+    chosen_attn = {nm: t for nm, t in chosen.items() if nm not in shared_names}
+    chosen_shared = {nm: t for nm, t in chosen.items() if nm in shared_names}
+    dense_bytes = sizes[np.arange(n, len(sizes)), choice[n:]]
+    names_dense = [] if attn is None else attn.names
+    shared_bytes = int(sum(b for nm, b in zip(names_dense, dense_bytes) if nm in shared_names))
+    attn_bytes = int(dense_bytes.sum()) - shared_bytes
     choice = choice[:n]
     expert_bytes = int(items.sizes[rows, choice].sum())
     plan.extra = {
@@ -467,7 +546,8 @@ def allocate(
         "candidates": [t.name for t in cands],
         "planned_bytes": {"text": text_b, "mmproj": mm_b, "kv_reserve": reserve},
         "routed_expert_bytes": expert_bytes,
-        **({"attention_bytes": attn_bytes} if attn is not None else {}),
+        **({"attention_bytes": attn_bytes} if chosen_attn else {}),
+        **({"shared_expert_bytes": shared_bytes} if chosen_shared else {}),
         "routed_expert_bpw": round(8.0 * expert_bytes / int(items.params.sum()), 4),
         "solver": {"status": status, "gap": gap},
         "stats_data": stats.manifest.get("data"),
@@ -497,4 +577,6 @@ def allocate(
         gap,
         time.perf_counter() - t0,
         notes,
+        chosen_shared,
+        shared_bytes,
     )

@@ -29,10 +29,13 @@ def expert_types(alloc: Allocation) -> dict[tuple[int, int, int], object]:
 
 def parts(alloc: Allocation) -> list[tuple[str, int]]:
     chosen = [("attention (chosen by the ILP)", alloc.attn_bytes)] if alloc.attn_types else []
+    if alloc.shared_types:
+        chosen.append(("shared experts (chosen by the ILP)", alloc.shared_bytes))
+    dense = alloc.attn_bytes + alloc.shared_bytes
     return [
         ("routed experts", alloc.expert_bytes),
         *chosen,
-        ("other text tensors + header", alloc.text_bytes - alloc.expert_bytes - alloc.attn_bytes),
+        ("other text tensors + header", alloc.text_bytes - alloc.expert_bytes - dense),
         ("mmproj file", alloc.mmproj_bytes),
         ("KV-cache reserve", alloc.reserve_bytes),
     ]
@@ -90,10 +93,25 @@ def _ramp(v: float, stops) -> tuple[int, int, int]:
     return stops[-1][1]
 
 
+def shared_bits(alloc: Allocation, stats: ExpertStats) -> np.ndarray | None:
+    """[layers] bits per weight of each layer's shared expert (its three matrices averaged), or
+    None for a model without shared experts."""
+    listed = stats.manifest.get("shared_tensors")
+    if not listed:
+        return None
+    plan = alloc.plan
+    out = []
+    for li in sorted(stats.layers):
+        types = [plan.tensors.get(n, plan.default) for n, _ in listed[str(li)]]
+        out.append(float(np.mean([bits_per_weight(t) for t in types])))
+    return np.array(out)
+
+
 def write_png(path: Path, alloc: Allocation, stats: ExpertStats, title: str) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     bits = bits_grid(alloc, stats)
+    shared = shared_bits(alloc, stats)
     layers = sorted(stats.layers)
     f_t = np.stack([normalised(stats.layers[li]["counts"][TEXT]) for li in layers])
     f_v = np.stack([normalised(stats.layers[li]["counts"][KEY]) for li in layers])
@@ -102,7 +120,8 @@ def write_png(path: Path, alloc: Allocation, stats: ExpertStats, title: str) -> 
     ch = max(2, min(16, 480 // L))
     pw, ph = cw * E, ch * L
     gap, top, left, bottom = 24, 40, 40, 60
-    img = Image.new("RGB", (left + 3 * pw + 3 * gap, top + ph + bottom), "white")
+    sw = 0 if shared is None else 48  # a column for the shared experts, right of the bits panel
+    img = Image.new("RGB", (left + 3 * pw + 3 * gap + sw, top + ph + bottom), "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     d.text((left, 6), title, fill="black", font=font)
@@ -112,7 +131,7 @@ def write_png(path: Path, alloc: Allocation, stats: ExpertStats, title: str) -> 
         ("key-vision frequency", _share(f_v, (200, 60, 30))),
     ]
     for k, (name, colour) in enumerate(panels):
-        x0 = left + k * (pw + gap)
+        x0 = left + k * (pw + gap) + (sw if k else 0)
         d.text((x0, top - 14), name, fill="black", font=font)
         for li in range(L):
             for e in range(E):
@@ -120,6 +139,13 @@ def write_png(path: Path, alloc: Allocation, stats: ExpertStats, title: str) -> 
                     [x0 + e * cw, top + li * ch, x0 + (e + 1) * cw - 1, top + (li + 1) * ch - 1],
                     fill=colour(li, e),
                 )
+    if shared is not None:
+        x0 = left + pw + 8
+        d.text((x0, top - 14), "shared", fill="black", font=font)
+        for li in range(L):
+            d.rectangle(
+                [x0, top + li * ch, x0 + sw - 16, top + (li + 1) * ch - 1], fill=_ramp(shared[li], _BITS_RAMP)
+            )
     d.text((4, top), "layer", fill="black", font=font)
     d.text(
         (left, top + ph + 4),

@@ -68,6 +68,11 @@ def convert(
     ),
     other: str = typer.Option("Q8_0", "--other", help="With --budget: type of the non-expert text matrices."),
     attn: Optional[str] = typer.Option(None, "--attn-type", help="With --budget: attention type, or auto."),
+    shared: Optional[str] = typer.Option(
+        None,
+        "--shared-type",
+        help="With --budget: shared-expert type, or auto (default: auto for mode methods, else --other).",
+    ),
     context: int = typer.Option(
         0, "--context", help="With --budget: reserve the KV cache of this many tokens."
     ),
@@ -104,6 +109,7 @@ def convert(
             types=cal_types,
             other=other,
             attn=attn,
+            shared=shared,
             context=context,
             device=device,
         )
@@ -146,6 +152,7 @@ def _convert_budget(
     types: Optional[str],
     other: str,
     attn: Optional[str],
+    shared: Optional[str],
     context: int,
     device: str,
 ) -> None:
@@ -161,7 +168,9 @@ def _convert_budget(
     # (benchmarks/quality.py: uniform IQ3_XXS at 3.06 bpw has 1/18 the KLD of uniform Q3_K at 3.44)
     type_list = [t.strip().upper() for t in types.split(",")] if types else [t.name for t in LADDER]
     cal_opts = CalibrationOptions(samples=samples, seed=seed, types=type_list, device=device)
-    alloc_opts = AllocOptions(method=method, granularity=granularity, other=other, attn=attn, context=context)
+    alloc_opts = AllocOptions(
+        method=method, granularity=granularity, other=other, attn=attn, shared=shared, context=context
+    )
     stage_names = {
         "calibrate": "[1/3] calibrating (reused when model, data and options are unchanged)",
         "plan": "[2/3] planning",

@@ -66,6 +66,12 @@ def plan_cmd(
         help="Type of the attention matrices, or auto: the ILP chooses "
         "from their measured sensitivity (default: --other).",
     ),
+    shared: Optional[str] = typer.Option(
+        None,
+        "--shared-type",
+        help="Type of the shared experts (models that have them), or auto: ILP items priced by "
+        "their measured sensitivity (default: auto with a byte budget and a mode method, else --other).",
+    ),
     mmproj: str = typer.Option("F16", "--mmproj-type", help="Type of the vision projector's matrices."),
     context: int = typer.Option(
         0, "--context", help="Reserve the KV cache of this many tokens in a byte budget."
@@ -108,6 +114,7 @@ def plan_cmd(
         ceiling=ceiling,
         other=other,
         attn=attn,
+        shared=shared,
         mmproj=mmproj,
         context=context,
         method_options={

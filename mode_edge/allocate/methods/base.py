@@ -66,6 +66,11 @@ class Method:
         """[E, n_stats_types] the objective's coefficient for each expert and type."""
         raise NotImplementedError
 
+    @property
+    def prices_dense(self) -> bool:
+        """Whether the method prices dense matrices (attention, shared experts) as ILP items."""
+        return type(self).attention_cost is not Method.attention_cost
+
     def attention_cost(self, sens: np.ndarray, ctx: Context) -> np.ndarray:
         """[n_types] cost of an attention matrix from its sensitivity [n_types, 3 (text, key, all)]."""
         from mode_edge.errors import UserError

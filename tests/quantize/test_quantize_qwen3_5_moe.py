@@ -1,0 +1,57 @@
+"""Qwen3.5-MoE files against llama.cpp's own quantizer: pure types and a preset, byte for byte
+(what llama-quantize keeps F32 in a hybrid model: the conv kernel, A, dt bias, both gates)."""
+
+from __future__ import annotations
+
+import pytest
+from gguf import GGMLQuantizationType as T
+
+from mode_edge.formats.plan import QuantPlan
+from mode_edge.gguf.export import export_model
+from testbed.tiny_qwen3_5_moe import build_tiny_model
+from tests.quantize.test_quantize import _ftype, _llama_quantize, _tensor_bytes
+
+
+@pytest.fixture(scope="module")
+def q35_f32(tmp_path_factory):
+    d = build_tiny_model(tmp_path_factory.mktemp("q35q") / "tiny", layout="fused")
+    return d, export_model(d, tmp_path_factory.mktemp("q35q-f32"), "f32").text_path
+
+
+def _same_bytes(ref_path, ours) -> dict:
+    ref, got = _tensor_bytes(ref_path), _tensor_bytes(ours)
+    assert ref.keys() == got.keys()
+    for name, (rtype, rbytes) in ref.items():
+        assert got[name][0] == rtype, f"{name}: {got[name][0].name} vs llama.cpp's {rtype.name}"
+        assert (got[name][1] == rbytes).all(), f"{name} ({rtype.name}) differs from llama.cpp's bytes"
+    return ref
+
+
+@pytest.mark.runtime  # llama_model_quantize loads the model
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q8_0], ids=lambda t: t.name)
+def test_pure_files_byte_identical_to_llama_quantize(q35_f32, qtype, tmp_path):
+    model_dir, f32 = q35_f32
+    ref_path = tmp_path / "ref.gguf"
+    _llama_quantize(f32, ref_path, _ftype(qtype), pure=True)
+    ours = export_model(
+        model_dir, tmp_path / "ours", None, plan=QuantPlan(default=qtype), label="x"
+    ).text_path
+    ref = _same_bytes(ref_path, ours)
+    for name in ("blk.0.ssm_conv1d.weight", "blk.0.ssm_a", "blk.0.ffn_gate_inp_shexp.weight"):
+        assert ref[name][0] == T.F32, name
+    assert ref["blk.0.ffn_down_shexp.weight"][0] == qtype and ref["blk.0.attn_qkv.weight"][0] == qtype
+
+
+@pytest.mark.runtime
+def test_preset_plan_matches_llama_quantize(q35_f32, tmp_path):
+    import llama_cpp
+
+    from mode_edge.cli.convert import type_plan
+
+    model_dir, f32 = q35_f32
+    ref_path = tmp_path / "ref.gguf"
+    _llama_quantize(f32, ref_path, llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, pure=False)
+    plan, label = type_plan(model_dir, "Q4_K_M", 2)
+    ours = export_model(model_dir, tmp_path / "ours", None, plan=plan, label=label, n_threads=2).text_path
+    ref = _same_bytes(ref_path, ours)
+    assert len({t for t, _ in ref.values()} - {T.F32}) >= 2
