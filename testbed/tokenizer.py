@@ -72,7 +72,10 @@ _DEFAULT_CORPUS = [
 
 
 def train_tiny_tokenizer(
-    vocab_size: int = 512, corpus: list[str] | None = None, regex: str = QWEN_PRETOKENIZE_REGEX
+    vocab_size: int = 512,
+    corpus: list[str] | None = None,
+    regex: str = QWEN_PRETOKENIZE_REGEX,
+    extra_special: tuple[str, ...] = (),
 ) -> Tokenizer:
     """Train a byte-level BPE with Qwen's pre-tokenizer (or `regex`); specials get the last ids."""
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
@@ -85,18 +88,24 @@ def train_tiny_tokenizer(
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(QWEN_SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(QWEN_SPECIAL_TOKENS) - len(extra_special),
         min_frequency=1,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator((corpus or _DEFAULT_CORPUS) * 4, trainer=trainer)
-    tok.add_special_tokens(QWEN_SPECIAL_TOKENS)
+    tok.add_special_tokens(QWEN_SPECIAL_TOKENS + list(extra_special))
     return tok
 
 
 def save_tokenizer(
-    tok: Tokenizer, out_dir: Path, model_max_length: int = 4096, tokenizer_class: str = "Qwen2Tokenizer"
+    tok: Tokenizer,
+    out_dir: Path,
+    model_max_length: int = 4096,
+    tokenizer_class: str = "Qwen2Tokenizer",
+    extra_special: tuple[str, ...] = (),
+    chat_template: str = QWEN_VL_CHAT_TEMPLATE,
+    config_extra: dict | None = None,
 ) -> dict[str, int]:
     """Write tokenizer.json, tokenizer_config.json and chat_template.jinja as Qwen does.
 
@@ -113,7 +122,7 @@ def save_tokenizer(
             "single_word": False,
             "special": True,
         }
-        for t in QWEN_SPECIAL_TOKENS
+        for t in QWEN_SPECIAL_TOKENS + list(extra_special)
     }
     config = {
         # transformers 5 builds the pre-tokenizer from the class, not from tokenizer.json
@@ -127,7 +136,8 @@ def save_tokenizer(
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": False,
         "model_max_length": model_max_length,
+        **(config_extra or {}),
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (out_dir / "chat_template.jinja").write_text(QWEN_VL_CHAT_TEMPLATE)
-    return {t: tok.token_to_id(t) for t in QWEN_SPECIAL_TOKENS}
+    (out_dir / "chat_template.jinja").write_text(chat_template)
+    return {t: tok.token_to_id(t) for t in QWEN_SPECIAL_TOKENS + list(extra_special)}

@@ -43,6 +43,8 @@ class Qwen3VLMoe(Architecture):
     arch = "qwen3vlmoe"
     media_part = "<|vision_start|><|image_pad|><|vision_end|>"  # mtmd adds vision_start/end itself
     end_of_turn = "<|im_end|>"
+    #: tensors under these prefixes belong to the mmproj file
+    vision_prefixes: tuple[str, ...] = (VISION_PREFIX,)
 
     def __init__(self, ckpt: Checkpoint):
         super().__init__(ckpt)
@@ -228,7 +230,7 @@ class Qwen3VLMoe(Architecture):
         specs: list[TensorSpec] = []
         expert_layers: set[int] = set()
         for name in self.ckpt.names():
-            if name.startswith(VISION_PREFIX):
+            if name.startswith(self.vision_prefixes):
                 continue
             if ".mlp.experts." in name:
                 expert_layers.add(int(name[len(TEXT_PREFIX) :].split(".")[1]))

@@ -39,7 +39,24 @@ class Checkpoint:
         self._shard_of: dict[str, str] = {}
         self._shape: dict[str, tuple[int, ...]] = {}
         self._dtype: dict[str, str] = {}
+        self._disk: dict[str, str] = {}  # name -> the name on disk, where rename_prefixes changed it
         self._scan_shards()
+
+    def rename_prefixes(self, prefixes: dict[str, str]) -> None:
+        """Address tensors saved under other prefixes (old -> new) by the names the module tree
+        uses, so one converter reads every save format; a name present in both forms is an error."""
+        for name in list(self._shard_of):
+            old = next((o for o in prefixes if name.startswith(o)), None)
+            if old is None:
+                continue
+            new = prefixes[old] + name[len(old) :]
+            if new in self._shard_of:
+                raise UserError(
+                    f"the checkpoint holds both {name} and {new}", "it mixes two save formats; re-download it"
+                )
+            for table in (self._shard_of, self._shape, self._dtype):
+                table[new] = table.pop(name)
+            self._disk[new] = self._disk.pop(name, name)
 
     # -- discovery and validation -------------------------------------------------------
 
@@ -112,11 +129,12 @@ class Checkpoint:
 
         if name not in self._shard_of:
             raise KeyError(name)
+        disk = self._disk.get(name, name)
         with safe_open(str(self.dir / self._shard_of[name]), framework="pt") as f:
             if index is None:
-                t = f.get_tensor(name)
+                t = f.get_tensor(disk)
             else:
-                t = f.get_slice(name)[index]
+                t = f.get_slice(disk)[index]
             # copy out of the memory map before it closes; bf16 has no numpy dtype
             return t.to(torch.float32).numpy().copy()
 
