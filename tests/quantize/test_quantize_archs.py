@@ -1,5 +1,6 @@
-"""Qwen3.5-MoE files against llama.cpp's own quantizer: pure types and a preset, byte for byte
-(what llama-quantize keeps F32 in a hybrid model: the conv kernel, A, dt bias, both gates)."""
+"""The other architectures' files against llama.cpp's own quantizer: pure types and a preset, byte
+for byte (Qwen3.5-MoE: what llama-quantize keeps F32 in a hybrid model, the conv kernel, A, dt bias,
+both gates; InternVL3.5-MoE: qwen3moe)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ def test_pure_files_byte_identical_to_llama_quantize(q35_f32, qtype, tmp_path):
         model_dir, tmp_path / "ours", None, plan=QuantPlan(default=qtype), label="x"
     ).text_path
     ref = _same_bytes(ref_path, ours)
-    for name in ("blk.0.ssm_conv1d.weight", "blk.0.ssm_a", "blk.0.ffn_gate_inp_shexp.weight"):
-        assert ref[name][0] == T.F32, name
-    assert ref["blk.0.ffn_down_shexp.weight"][0] == qtype and ref["blk.0.attn_qkv.weight"][0] == qtype
+    assert ref["blk.0.ffn_gate_inp.weight"][0] == T.F32 and ref["blk.0.ffn_down_exps.weight"][0] == qtype
+    if "blk.0.ssm_a" in ref:  # qwen35moe
+        for name in ("blk.0.ssm_conv1d.weight", "blk.0.ssm_a", "blk.0.ffn_gate_inp_shexp.weight"):
+            assert ref[name][0] == T.F32, name
+        assert ref["blk.0.ffn_down_shexp.weight"][0] == qtype and ref["blk.0.attn_qkv.weight"][0] == qtype
 
 
 @pytest.mark.runtime

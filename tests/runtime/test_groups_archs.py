@@ -1,12 +1,13 @@
-"""Expert groups in a Qwen3.5-MoE file (llama.cpp arch qwen35moe: hybrid layers, shared experts):
-the loader and graph changes are architecture-independent.
+"""Expert groups in the other architectures' files (Qwen3.5-MoE: llama.cpp arch qwen35moe, hybrid
+layers and shared experts; InternVL3.5-MoE: qwen3moe): the loader and graph changes are
+architecture-independent.
 
 Exact checks first (same-type groups give the stock file's logits bit for bit; regrouping mixed
 types changes nothing beyond float rounding), then the masked fallback against the skip path. Mixed
 types against the same weights dequantized into a stock F32 file differ by the quantized
-kernels' 8-bit activations; in this hybrid tiny model that noise is larger than in the
-Qwen3-VL one (the delta-rule state carries it along the sequence), so the bound is a control
-measured in the same run: a stock file with every expert Q8_0 against its own dequantized copy.
+kernels' 8-bit activations; in the hybrid tiny model that noise is larger than in the Qwen3-VL
+one (the delta-rule state carries it along the sequence), so the bound is a control measured in
+the same run: a stock file with every expert Q8_0 against its own dequantized copy.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mode_edge.formats.checkpoint import Checkpoint
 from mode_edge.formats.plan import QuantPlan
 from mode_edge.formats.tensors import Role
 from mode_edge.gguf.export import export_model
-from testbed.tiny_qwen3_5_moe import build_tiny_model
+from testbed import tiny_internvl_moe, tiny_qwen3_5_moe
 from tests.gguf_rewrite import degroup_to_f32, regroup
 from tests.runtime.test_groups import ONE_OP, _mixed_types, logits
 
@@ -28,12 +29,18 @@ pytestmark = pytest.mark.runtime
 T = GGMLQuantizationType
 
 
-@pytest.fixture(scope="module")
-def q35_files(tmp_path_factory):
+BUILDERS = {
+    "qwen3_5_moe": tiny_qwen3_5_moe.build_tiny_model,
+    "internvl_moe": tiny_internvl_moe.build_tiny_model,
+}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def q35_files(request, tmp_path_factory):
     """F32, a stock file with Q4_K and one with Q8_0 experts, and mixed per-expert types
     (Q2_K/Q3_K/Q4_K/Q8_0) requantized from the F32 file, with its dequantized stock copy."""
     d = tmp_path_factory.mktemp("q35g")
-    model = build_tiny_model(d / "tiny", layout="fused")
+    model = BUILDERS[request.param](d / "tiny")
     files = {"F32": export_model(model, d / "f32", "f32").text_path}
     experts = [s.name for s in architecture_for(Checkpoint(model)).text_tensors() if s.role == Role.EXPERT]
     for t in (T.Q4_K, T.Q8_0):
@@ -91,5 +98,5 @@ def test_mixed_types_match_the_dequantized_stock_file(q35_files, tmp_path, steps
     # a misplaced expert or a wrong type moves logits by O(1) of the range; the noise is ~1%
     assert mean_mixed <= max(2 * mean_ctrl, 0.005), (mean_mixed, mean_ctrl)
     assert mean_mixed <= 0.02
-    # argmax over 27 positions of a random model with near-ties: measured 0.70 (control 0.81)
+    # argmax over 27 positions of a random model with near-ties: measured 0.70 (control 0.81) on qwen3_5_moe
     assert agree_mixed >= 0.6, (agree_mixed, agree_ctrl)

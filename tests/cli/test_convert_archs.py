@@ -1,0 +1,75 @@
+"""`mode-edge convert TINY --budget … -o out/ && mode-edge chat out/ --image …` on tiny Qwen3.5-MoE
+and InternVL3.5-MoE models; shared experts (Qwen3.5) as ILP items or fixed by --shared-type."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from gguf import GGUFReader
+
+from mode_edge.formats.plan import QuantPlan
+from testbed import tiny_internvl_moe, tiny_qwen3_5_moe
+from tests.helpers import PICTURE, cli, make_data
+
+# builder, a budget between the tiny model's all-Q2_K and all-Q4_K experts, shared-expert tensors
+ARCHS = {
+    "qwen3_5_moe": (tiny_qwen3_5_moe.build_tiny_model, 5_000_000, 12),  # 4.4 MB .. 5.9 MB
+    "internvl_moe": (tiny_internvl_moe.build_tiny_model, 3_800_000, 0),  # 3.2 MB .. 4.4 MB
+}
+TYPES = "Q2_K,Q3_K,Q4_K,Q6_K"
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def converted_arch(request, tmp_path_factory):
+    """(architecture, OUT folder) of `convert --budget`."""
+    build, budget, _ = ARCHS[request.param]
+    model = build(tmp_path_factory.mktemp(f"{request.param}-cli") / "tiny")
+    make_data(model / "calibration")
+    out = tmp_path_factory.mktemp(f"{request.param}-out") / "out"
+    assert cli(["convert", str(model), "--budget", str(budget), "--types", TYPES, "-o", str(out), "-q"]) == 0
+    return request.param, out
+
+
+def test_convert_fits_the_budget_and_prices_shared_experts(converted_arch):
+    arch, out = converted_arch
+    _, budget, n_shared = ARCHS[arch]
+    ggufs = [p for p in out.glob("*.gguf") if "imatrix" not in p.name]
+    assert sum(p.stat().st_size for p in ggufs) <= budget
+    plan = QuantPlan.load(out / "plan.json")
+    shared = {n: t for n, t in plan.tensors.items() if "_shexp." in n}
+    assert len(shared) == n_shared  # every layer's shared gate, up and down: items of the ILP
+    report = json.loads((out / "report.json").read_text())
+    assert sum(report.get("shared_experts_by_type", {}).values()) == n_shared
+    assert ("shared experts (chosen by the ILP)" in report["parts"]) == (n_shared > 0)
+    text = next(p for p in ggufs if not p.name.startswith("mmproj"))
+    types = {t.name: t.tensor_type.name for t in GGUFReader(text).tensors}
+    assert all(types[n] == t.name for n, t in shared.items())
+    assert any(n.endswith(".g1.ids") for n in types)  # experts of one tensor in different types
+
+
+@pytest.mark.runtime
+def test_chat_answers_with_an_image(converted_arch, capsys):
+    _, out = converted_arch
+    assert (
+        cli(["chat", str(out), "--image", str(PICTURE), "--prompt", "What shape?", "--max-tokens", "8"]) == 0
+    )
+    assert capsys.readouterr().out.strip()
+
+
+def test_shared_type_fixed_or_refused(tmp_path_factory, capsys):
+    """Qwen3.5-MoE's statistics: a fixed --shared-type; auto refused for a method that cannot price it."""
+    build, budget, _ = ARCHS["qwen3_5_moe"]
+    model = build(tmp_path_factory.mktemp("q35-shared") / "tiny")
+    data = make_data(tmp_path_factory.mktemp("q35-shared-data") / "d")
+    stats = tmp_path_factory.mktemp("q35-shared-stats")
+    assert cli(["calibrate", str(model), "--data", str(data), "-o", str(stats), "--types", TYPES, "-q"]) == 0
+    tmp = tmp_path_factory.mktemp("q35-plans")
+    base = ["plan", "--stats", str(stats), "--budget", str(budget)]
+    assert cli([*base, "--shared-type", "Q8_0", "-o", str(tmp / "p.json")]) == 0
+    plan = QuantPlan.load(tmp / "p.json")
+    assert {t.name for n, t in plan.tensors.items() if "_shexp." in n} == {"Q8_0"}
+    capsys.readouterr()
+    assert cli([*base, "--method", "frequency", "--shared-type", "auto", "-o", str(tmp / "f.json")]) == 2
+    assert "--shared-type auto needs" in capsys.readouterr().err
+    assert not (tmp / "f.json").exists()
