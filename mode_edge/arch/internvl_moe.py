@@ -13,10 +13,10 @@ names, expert layouts and layer-by-layer runner come from qwen3_vl_moe.py. What 
   appends CLS after the patches and adds the rows in that order, so the table is written with
   row 0 moved to the end (llama.cpp's own converter writes it unchanged, which gives every patch
   its neighbour's position; tests/arch/test_internvl_moe.py measures both);
-- images: <img> + 256 <IMG_CONTEXT> per tile + </img>. mtmd does not tile an image that fits in
-  one 448 tile (it stretches it to 448x448), so calibration renders such images as one tile
-  (transformers' processor would tile them); larger images are tiled by transformers' rule,
-  which differs from mtmd's (grid choice; mtmd pads instead of stretching) -- see render().
+- images: <img> + 256 <IMG_CONTEXT> per tile + </img>, tiled as llama.cpp's mtmd tiles them at
+  run time (mtmd_tiles), not as transformers' processor does (which tiles even small images,
+  chooses the grid by aspect ratio, stretches instead of padding and adds the thumbnail only
+  for more than one tile): calibration must see the tokens the runtime will see.
 """
 
 from __future__ import annotations
@@ -223,6 +223,36 @@ class InternVLMoe(Qwen3VLMoe):
         return sorted(specs, key=lambda s: (s.name.startswith("mm."), s.name))
 
 
+def mtmd_tiles(image, tile: int, min_tiles: int, max_tiles: int) -> list:
+    """The 448-pixel tiles llama.cpp's mtmd cuts an image into for InternVL (llava-uhd slicing,
+    tools/mtmd/mtmd-image.cpp): an image that fits one tile is stretched to it; a larger one is
+    resized into the a x b grid (min <= a*b <= max) that keeps the most of its pixels, then the
+    least padding, aspect kept and centred on black, cut row by row, and followed by the whole
+    image stretched to one tile. Sizes are computed in float32, as mtmd does."""
+    from PIL import Image
+
+    w, h = image.size
+    if w <= tile and h <= tile:
+        return [image.resize((tile, tile), Image.BICUBIC)]
+    f32 = np.float32
+    best, best_eff, best_waste = None, 0, None
+    for a in range(min_tiles, max_tiles + 1):
+        for b in range(max(-(-min_tiles // a), min_tiles), min(max_tiles // a, max_tiles) + 1):
+            cw, ch = a * tile, b * tile
+            s = min(f32(cw) / f32(w), f32(ch) / f32(h))
+            eff = min(int(f32(w) * s) * int(f32(h) * s), w * h)
+            waste = cw * ch - eff
+            if eff > best_eff or (eff == best_eff and waste < best_waste):
+                best, best_eff, best_waste = (cw, ch), eff, waste
+    cw, ch = best
+    s = min(f32(cw) / f32(w), f32(ch) / f32(h))
+    nw, nh = min(int(np.ceil(f32(w) * s)), cw), min(int(np.ceil(f32(h) * s)), ch)
+    refined = Image.new("RGB", (cw, ch), (0, 0, 0))
+    refined.paste(image.resize((nw, nh), Image.BICUBIC), ((cw - nw) // 2, (ch - nh) // 2))
+    tiles = [refined.crop((x, y, x + tile, y + tile)) for y in range(0, ch, tile) for x in range(0, cw, tile)]
+    return [*tiles, image.resize((tile, tile), Image.BICUBIC)]
+
+
 def _cls_row_last(a: np.ndarray) -> np.ndarray:
     """[1, 1 + n_patches, C]: CLS's row (first in transformers) last, where llama.cpp's graph puts CLS."""
     return np.ascontiguousarray(np.concatenate([a[:, 1:], a[:, :1]], axis=1))
@@ -266,11 +296,8 @@ class InternVLMoeCalibration(Qwen3VLMoeCalibration):
         self._visual = None
 
     def render(self, sample, image):
-        """The chat template's <IMG_CONTEXT> becomes <img> + 256 per tile + </img>. An image that fits
-        one tile is one tile (stretched to it), as mtmd feeds it; a larger one is tiled by
-        transformers' processor (crop_to_patches, min/max tiles from preprocessor_config.json),
-        whose grid choice and stretching differ from mtmd's slicing (mtmd pads) -- calibration
-        sees the same content in a slightly different split there."""
+        """The chat template's <IMG_CONTEXT> becomes <img> + 256 per tile + </img>; the tiles are
+        mtmd's (mtmd_tiles), each normalised by the model's image processor (448 in, no resize)."""
         from mode_edge.formats.samples import Rendered
 
         content = ([{"type": "image"}] if image is not None else []) + [
@@ -282,11 +309,21 @@ class InternVLMoeCalibration(Qwen3VLMoeCalibration):
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         pixel_values = None
         if image is not None:
-            w, h = image.size
-            tiled = max(w, h) > self.conv.tile
-            pixel_values = self.image_processor(images=[image], crop_to_patches=tiled, return_tensors="np")[
-                "pixel_values"
-            ]
+            pre = self.conv._preprocessor()
+            tiles = mtmd_tiles(
+                image.convert("RGB"),
+                self.conv.tile,
+                int(pre.get("min_patches", 1)),
+                int(pre.get("max_patches", 12)),
+            )
+            pixel_values = np.concatenate(
+                [
+                    self.image_processor(images=[t], crop_to_patches=False, return_tensors="np")[
+                        "pixel_values"
+                    ]
+                    for t in tiles
+                ]
+            )
             n = pixel_values.shape[0] * self.tokens_per_tile
             text = text.replace(IMAGE_CONTEXT, IMAGE_START + IMAGE_CONTEXT * n + IMAGE_END, 1)
         ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)

@@ -88,9 +88,11 @@ class MtmdSession:
         return chunks
 
     def image_embeddings(self, image: np.ndarray) -> np.ndarray:
-        """The projector's output for one RGB uint8 image: [n_tokens, n_embd_inp]."""
+        """The projector's output for one RGB uint8 image: [n_tokens, n_embd_inp], every image
+        chunk in order (a projector that slices images into tiles gives one chunk per tile)."""
         m = self._mtmd
         chunks = self._tokenize(self.marker, [image])
+        out = []
         try:
             for i in range(m.mtmd_input_chunks_size(chunks)):
                 ch = m.mtmd_input_chunks_get(chunks, i)
@@ -100,10 +102,12 @@ class MtmdSession:
                         raise RuntimeError("mtmd_encode_chunk failed")
                     width = _n_embd_inp(self.llm)  # text width x (1 + deepstack layers)
                     ptr = m.mtmd_get_output_embd(self.ctx)
-                    return np.ctypeslib.as_array(ptr, shape=(n, width)).copy()
+                    out.append(np.ctypeslib.as_array(ptr, shape=(n, width)).copy())
         finally:
             m.mtmd_input_chunks_free(chunks)
-        raise RuntimeError("the prompt produced no image chunk")
+        if not out:
+            raise RuntimeError("the prompt produced no image chunk")
+        return np.concatenate(out)
 
     def eval_prompt(self, prompt: str, images: list[np.ndarray]) -> int:
         """Evaluate a prompt (media markers where images go) from an empty cache; returns the

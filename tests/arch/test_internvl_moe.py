@@ -209,3 +209,30 @@ def test_refusals(tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="image_token_id 3 is not"):
         architecture_for(Checkpoint(d))
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("size", [(300, 200), (449, 300), (900, 500), (1400, 460), (1000, 1000)])
+def test_calibration_tiles_are_mtmds(ivl, hf_ivl, size):
+    """What calibration feeds transformers (mtmd_tiles: grid, padding, overview) gives the image
+    embeddings mtmd gives at run time, tile for tile: one tile up to 448 px, 2x1 + overview for
+    449x300, 3x2 + overview for 900x500, ... (transformers' own processor tiles 900x500 as 3 tiles)."""
+    from mode_edge.arch import architecture_for
+    from mode_edge.formats.checkpoint import Checkpoint
+    from mode_edge.formats.samples import Sample
+    from mode_edge.run.mtmd import MtmdSession
+
+    model_dir, text, mmproj = ivl["legacy"]
+    cal = architecture_for(Checkpoint(model_dir)).calibration()
+    rng = np.random.default_rng(size[0])
+    arr = np.full((size[1], size[0], 3), 200, np.uint8)
+    arr[size[1] // 4 : size[1] // 2, size[0] // 5 : size[0] // 2] = (200, 30, 30)
+    arr += (rng.random(arr.shape) * 30).astype(np.uint8)
+    r = cal.render(Sample(prompt="What?", image=None), Image.fromarray(arr))
+    with torch.no_grad():
+        ref = _reference(hf_ivl).model.get_image_features(torch.from_numpy(r.pixel_values)).pooler_output
+    ref = ref.reshape(-1, ref.shape[-1]).numpy()
+    with MtmdSession(text, mmproj, f32_kv=True) as s:
+        got = s.image_embeddings(arr)
+    assert int((r.input_ids == cal.image_token_id).sum()) == got.shape[0] == ref.shape[0]
+    assert np.abs(got - ref).max() <= 2e-3 * float(ref.max() - ref.min())  # measured 2.1-2.6e-4
