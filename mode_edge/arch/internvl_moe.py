@@ -194,8 +194,7 @@ class InternVLMoe(Qwen3VLMoe):
                 gguf_name = TENSOR_NAMES[MODEL_TENSOR.V_MMPROJ_MLP].format(bid=mlp[part]) + "." + suffix
                 role = Role.NORM if part == "layer_norm" else Role.PROJECTOR
             else:
-                short = name if name.endswith((".weight", ".bias")) or "." not in name[-12:] else name
-                gguf_name = vmap.get_name(short, try_suffixes=(".weight", ".bias"))
+                gguf_name = vmap.get_name(name, try_suffixes=(".weight", ".bias"))
                 if gguf_name is None:
                     raise UserError(
                         f"unexpected tensor {name} in the checkpoint",
