@@ -121,6 +121,12 @@ class InternVLMoe(Qwen3VLMoe):
             or self.ckpt.config.get("projector_hidden_act", "gelu") != "gelu"
         ):
             raise UserError("the vision activation is not gelu", "llama.cpp's internvl projector uses gelu")
+        size = self._preprocessor().get("size") or {}
+        if size and (size.get("height"), size.get("width")) != (self.tile, self.tile):
+            raise UserError(
+                f"the image processor resizes tiles to {size}, the vision tower takes {self.tile}x{self.tile}",
+                "llama.cpp feeds the tower its own tile size; fix preprocessor_config.json's size",
+            )
         rms = v.get("norm_type", "layer_norm") == "rms_norm"
         big = int(v["hidden_size"]) == 3200 and int(v["num_hidden_layers"]) == 45
         if (

@@ -256,7 +256,12 @@ class Qwen3VLMoe(Architecture):
     # -- vision projector -----------------------------------------------------------------
 
     def _preprocessor(self) -> dict:
-        return self.ckpt.read_json("preprocessor_config.json") or {}
+        """The image processor's settings: preprocessor_config.json, or the image_processor part
+        of processor_config.json (what transformers 5's processor save_pretrained writes)."""
+        pre = self.ckpt.read_json("preprocessor_config.json")
+        if pre is None:
+            pre = (self.ckpt.read_json("processor_config.json") or {}).get("image_processor") or {}
+        return pre
 
     def add_mmproj_metadata(self, w: GGUFWriter) -> None:
         v = self.vision

@@ -144,7 +144,10 @@ def _look_ahead(cal, acts: Activations, rendered, states, start: int, key_fn) ->
     """Key-token modalities of the first softmax-attention layer at or after `start`, for the
     layers before it that have none (linear attention): runs those layers once more, forward only."""
     first = next(il for il in range(start, cal.n_layers) if cal.softmax_attention(il))
-    ahead = Activations(acts.mode, acts.partial / "lookahead", len(rendered), resumable=False)
+    # a second copy of every hidden state: on disk unless both copies fit where one was allowed
+    n_tokens = sum(len(r.input_ids) for r in rendered)
+    mode = "disk" if acts.mode == "disk" else choose_mode("auto", 2 * n_tokens, cal.hidden)
+    ahead = Activations(mode, acts.partial / "lookahead", len(rendered), resumable=False)
     src = acts
     for il in range(start, first):
         layer = cal.load_layer(il)
@@ -167,6 +170,25 @@ def _look_ahead(cal, acts: Activations, rendered, states, start: int, key_fn) ->
     hook.remove()
     shutil.rmtree(acts.partial / "lookahead", ignore_errors=True)
     return first, mods
+
+
+def _shared_add(cal, srec, shared, x: torch.Tensor, mod: torch.Tensor) -> None:
+    """The shared expert's inputs of one sample: what gate/up read (x) and what down reads."""
+    wg, wu, _, act = cal.shared_expert_weights(shared)
+    with torch.no_grad():
+        mid = act(x @ wg.T.float()) * (x @ wu.T.float())
+    srec.add("shexp_in", x, mod)
+    srec.add("shexp_mid", mid, mod)
+
+
+def _shared_finish(cal, srec, shared, il: int, types) -> dict:
+    """The shared expert's sensitivity arrays (a function, so no reference to its weights outlives
+    the layer)."""
+    wg, wu, wd, _ = cal.shared_expert_weights(shared)
+    names = cal.shared_expert_names(il)
+    return srec.finish(
+        [(names[0], wg, "shexp_in"), (names[1], wu, "shexp_in"), (names[2], wd, "shexp_mid")], types
+    )
 
 
 def _finished_with(out_dir: Path, identity: dict) -> bool:
@@ -293,13 +315,10 @@ def calibrate(
                 o_in = seen["o_in"] if o_order is None else seen["o_in"][..., torch.from_numpy(o_order)]
                 arec.add("o_in", o_in, mod)
                 if srec is not None:
-                    wg, wu, _, act = cal.shared_expert_weights(cpu_shared)
-                    with torch.no_grad():
-                        mid = act(x @ wg.T.float()) * (x @ wu.T.float())
-                    srec.add("shexp_in", x, mod)
-                    srec.add("shexp_mid", mid, mod)
+                    _shared_add(cal, srec, cpu_shared, x, mod)
+                del o_in
             acts.put(i, s_next.cpu())
-            del s["hidden"], s_next
+            del s["hidden"], s_next, x
             if progress.on_sample:
                 progress.on_sample(il, len(r.input_ids))
         for h in hooks:
@@ -307,10 +326,7 @@ def calibrate(
         arrays = rec.finish(experts_fn, types, opts.probes, default_threads(), gamma=gamma["gamma"])
         arrays.update(arec.finish(cal.attention_matrices(attn, il), types))
         if srec is not None:
-            wg, wu, wd, _ = cal.shared_expert_weights(cpu_shared)
-            names = cal.shared_expert_names(il)
-            mats = [(names[0], wg, "shexp_in"), (names[1], wu, "shexp_in"), (names[2], wd, "shexp_mid")]
-            arrays.update(srec.finish(mats, types))
+            arrays.update(_shared_finish(cal, srec, cpu_shared, il, types))
         save_arrays_atomic(partial / f"layer-{il:03d}.safetensors", arrays)
         if softmax:
             key_mods = new_mods

@@ -236,3 +236,22 @@ def test_calibration_tiles_are_mtmds(ivl, hf_ivl, size):
         got = s.image_embeddings(arr)
     assert int((r.input_ids == cal.image_token_id).sum()) == got.shape[0] == ref.shape[0]
     assert np.abs(got - ref).max() <= 2e-3 * float(ref.max() - ref.min())  # measured 2.1-2.6e-4
+
+
+def test_image_processor_settings_are_read_and_checked(tmp_path):
+    """transformers 5's processor save writes processor_config.json (image_processor inside), not
+    preprocessor_config.json; a processor that resizes tiles to another size is refused."""
+    from mode_edge.arch import architecture_for
+    from mode_edge.errors import UserError
+    from mode_edge.formats.checkpoint import Checkpoint
+
+    d = build_tiny_model(tmp_path / "m")
+    pre = json.loads((d / "preprocessor_config.json").read_text())
+    (d / "preprocessor_config.json").unlink()
+    pre["image_mean"] = [0.5, 0.25, 0.125]
+    (d / "processor_config.json").write_text(json.dumps({"image_processor": pre}))
+    assert architecture_for(Checkpoint(d))._preprocessor()["image_mean"] == [0.5, 0.25, 0.125]
+    pre["size"] = {"height": 384, "width": 384}
+    (d / "processor_config.json").write_text(json.dumps({"image_processor": pre}))
+    with pytest.raises(UserError, match="resizes tiles"):
+        architecture_for(Checkpoint(d))
