@@ -58,7 +58,13 @@ def architecture_for(ckpt: Checkpoint) -> Architecture:
             f"no converter for model_type {model_type!r}" + (f" ({archs[0]})" if archs else ""),
             f"supported: {', '.join(supported_model_types())}",
         )
-    return cls(ckpt)
+    try:
+        return cls(ckpt)
+    except (TypeError, ValueError, AttributeError) as e:  # a field of the wrong type in config.json
+        raise UserError(
+            f"config.json of {ckpt.dir} holds a value of the wrong type ({e.__class__.__name__}: {e})",
+            "re-download config.json (fields such as num_hidden_layers are integers)",
+        ) from None
 
 
 def architecture_of_gguf(arch: str) -> type[Architecture]:

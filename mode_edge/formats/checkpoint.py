@@ -36,6 +36,8 @@ class Checkpoint:
                 "this does not look like a Hugging Face model folder; download the whole repository",
             )
         self.config: dict[str, Any] = read_json(cfg_path, "re-download config.json")
+        if not isinstance(self.config, dict):
+            raise UserError(f"{cfg_path} is not a JSON object", "re-download config.json")
         self._shard_of: dict[str, str] = {}
         self._shape: dict[str, tuple[int, ...]] = {}
         self._dtype: dict[str, str] = {}

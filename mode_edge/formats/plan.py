@@ -64,6 +64,11 @@ class QuantPlan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "plan") -> QuantPlan:
+        if not isinstance(data, dict) or not isinstance(data.get("tensors", {}), dict):
+            raise UserError(
+                f"{source} is not a mode-edge quant plan (not an object of tensors)",
+                "write one with `mode-edge plan`",
+            )
         if data.get("schema") != SCHEMA:
             raise UserError(
                 f"{source} is not a mode-edge quant plan (schema {data.get('schema')!r})",

@@ -88,6 +88,8 @@ def fallback(t: GGMLQuantizationType, n_per_row: int) -> GGMLQuantizationType:
 
 
 def parse_type(name: str) -> GGMLQuantizationType:
+    if not isinstance(name, str):
+        raise UserError(f"type {name!r} is not a type name", "write types as names such as Q4_K")
     key = name.strip().upper()
     try:
         t = T[key]

@@ -58,8 +58,19 @@ def read_samples(data_dir: Path, n: int, seed: int) -> list[Sample]:
             prompt = obj["prompt"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise UserError(f'{path}:{i} is not a JSON object with a "prompt"', "fix that line") from None
-        image = data_dir / obj["image"] if obj.get("image") else None
-        samples.append(Sample(prompt, image, obj.get("system")))
+        if not isinstance(prompt, str) or not isinstance(obj.get("system") or "", str):
+            raise UserError(f"{path}:{i}: prompt and system must be strings", "fix that line")
+        image = obj.get("image")
+        if image is not None and not isinstance(image, str):
+            raise UserError(f"{path}:{i}: image must be a path (a string)", "fix that line")
+        if image:
+            resolved = (data_dir / image).resolve()
+            if not resolved.is_relative_to(data_dir.resolve()):
+                raise UserError(
+                    f"{path}:{i}: image {image!r} is outside the data folder {data_dir}",
+                    "keep images inside the data folder (paths relative to it)",
+                )
+        samples.append(Sample(prompt, data_dir / image if image else None, obj.get("system")))
     if not samples:
         raise UserError(f"{path} has no samples", "add at least one line")
     if len(samples) > n:
@@ -80,9 +91,9 @@ def load_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # PIL refuses images over 2 x MAX_IMAGE_PIXELS (decompression bombs)
             return im.convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+    except (FileNotFoundError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise UserError(
             f"cannot read image {path} ({e.__class__.__name__})",
             "fix or remove it, or pass --skip-bad to leave such samples out",

@@ -100,9 +100,47 @@ class ExpertStats:
         manifest = read_json(mpath, "re-run `mode-edge calibrate`")
         if manifest.get("schema") != SCHEMA or manifest.get("version") != VERSION:
             raise UserError(f"{mpath} is not expert-stats version {VERSION}", "re-run `mode-edge calibrate`")
+        from safetensors import SafetensorError
+
+        bad = UserError(f"{stats_dir / ARRAYS_FILE} is truncated or corrupt", "re-run `mode-edge calibrate`")
         layers: dict[int, dict[str, np.ndarray]] = {}
-        for key, arr in load_file(str(stats_dir / ARRAYS_FILE)).items():
-            _, l, name = key.split(".", 2)
-            layers.setdefault(int(l), {})[name] = arr
+        try:
+            for key, arr in load_file(str(stats_dir / ARRAYS_FILE)).items():
+                _, l, name = key.split(".", 2)
+                layers.setdefault(int(l), {})[name] = arr
+        except (SafetensorError, OSError, ValueError):
+            raise bad from None
         manifest = {k: v for k, v in manifest.items() if k not in ("schema", "version")}
+        _check(manifest, layers, mpath)
         return cls(manifest, dict(sorted(layers.items())))
+
+
+def _check(manifest: dict, layers: dict[int, dict[str, np.ndarray]], mpath: Path) -> None:
+    """The manifest and the arrays must describe each other (an edited manifest is refused)."""
+
+    def refuse(what: str) -> UserError:
+        return UserError(
+            f"{mpath} does not match the arrays beside it ({what})", "re-run `mode-edge calibrate`"
+        )
+
+    need = ("n_layers", "n_experts", "types", "gguf_names", "hidden", "expert_ff", "top_k", "tokens")
+    missing = [k for k in need if k not in manifest]
+    if missing:
+        raise refuse(f"no {missing[0]}")
+    try:
+        n_layers, n_exp, n_types = (
+            int(manifest["n_layers"]),
+            int(manifest["n_experts"]),
+            len(manifest["types"]),
+        )
+    except (TypeError, ValueError):
+        raise refuse("a count is not a number") from None
+    if sorted(layers) != list(range(n_layers)) or sorted(manifest["gguf_names"]) != sorted(map(str, layers)):
+        raise refuse(f"{n_layers} layers listed, {len(layers)} stored")
+    for il, d in layers.items():
+        if "counts" not in d or "sensitivity" not in d or d["counts"].shape != (3, n_exp):
+            raise refuse(f"layer {il}'s counts are not [3, {n_exp}]")
+        if d["sensitivity"].shape[1] != n_exp or d["sensitivity"].shape[3] != n_types:
+            raise refuse(
+                f"layer {il}'s sensitivity has {d['sensitivity'].shape[3]} types, the manifest {n_types}"
+            )

@@ -77,7 +77,15 @@ def _metadata(
 
 def _tensors(conv, packer: Packer) -> tuple[list[OutTensor], bool, list[OutTensor]]:
     """Text tensors, whether they use expert groups, mmproj tensors (types resolved, no data)."""
-    text = packer.tensors(conv.text_tensors())
+    specs = conv.text_tensors()
+    unknown = sorted(set(packer.plan.tensors) - {s.name for s in specs})
+    if unknown:
+        raise UserError(
+            f"the plan names {unknown[0]}, which this model does not have"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+            "the plan was made for another model; re-run `mode-edge plan` with this one's statistics",
+        )
+    text = packer.tensors(specs)
     grouped = packer.grouped
     return text, grouped, packer.tensors(conv.mmproj_tensors(), mmproj=True)
 

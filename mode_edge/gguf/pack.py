@@ -42,8 +42,9 @@ def resolve_types(spec: TensorSpec, plan: QuantPlan, *, mmproj: bool = False) ->
     )
     if isinstance(want, list):
         if spec.role != Role.EXPERT or len(want) != spec.n_expert:
-            raise ValueError(
-                f"plan gives {len(want)} types for {spec.name}, which has {spec.n_expert} experts"
+            raise UserError(
+                f"the plan gives {len(want)} types for {spec.name}, which has {spec.n_expert} experts",
+                "a list of types is for routed-expert tensors, one type per expert; re-run `mode-edge plan`",
             )
         types = [fallback(t, spec.row_size) for t in want]
         return types[0] if len(set(types)) == 1 else types
