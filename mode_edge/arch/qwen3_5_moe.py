@@ -28,7 +28,7 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, GGUFWriter, get_tensor_name_map
 
 from mode_edge.arch.base import LayerParts
-from mode_edge.arch.qwen3_vl_moe import TEXT_PREFIX, VISION_PREFIX, Qwen3VLMoe, Qwen3VLMoeCalibration, _name
+from mode_edge.arch.qwen3_vl_moe import TEXT_PREFIX, Qwen3VLMoe, Qwen3VLMoeCalibration, _name
 from mode_edge.arch.registry import register
 from mode_edge.arch.vocab import add_bpe_vocab
 from mode_edge.errors import UserError
@@ -49,6 +49,7 @@ def v_head_order(n_k_heads: int, n_v_heads: int, width: int) -> np.ndarray:
 @register("qwen3_5_moe", architectures=("Qwen3_5MoeForConditionalGeneration",))
 class Qwen35Moe(Qwen3VLMoe):
     arch = "qwen35moe"
+    skipped_prefixes = ("mtp.",)  # multi-token prediction: llama.cpp's qwen35moe runs without it
 
     def __init__(self, ckpt: Checkpoint):
         t = ckpt.config.get("text_config") or {}
@@ -193,26 +194,6 @@ class Qwen35Moe(Qwen3VLMoe):
         if rest.endswith("out_proj.weight"):
             return lambda a: np.ascontiguousarray(a[:, perm_d])
         return None
-
-    def text_tensors(self) -> list[TensorSpec]:
-        specs: list[TensorSpec] = []
-        expert_layers: set[int] = set()
-        for name in self.ckpt.names():
-            if name.startswith(VISION_PREFIX) or name.startswith("mtp."):
-                continue  # vision: the mmproj; mtp: multi-token prediction, unused by llama.cpp
-            if ".mlp.experts." in name:
-                expert_layers.add(int(name[len(TEXT_PREFIX) :].split(".")[1]))
-                continue
-            specs.append(self._text_spec(name))
-        for il in sorted(expert_layers):
-            specs.extend(self._expert_specs(il))
-        order = {"token_embd": 0, "blk": 1, "output_norm": 2, "output": 3}
-
-        def key(s: TensorSpec):
-            parts = s.name.split(".")
-            return (order.get(parts[0], 1), int(parts[1]) if parts[0] == "blk" else -1, s.name)
-
-        return sorted(specs, key=key)
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
         """Full-attention layers hold a KV cache per token; linear layers a fixed state (conv

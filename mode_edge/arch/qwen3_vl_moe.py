@@ -45,6 +45,8 @@ class Qwen3VLMoe(Architecture):
     end_of_turn = "<|im_end|>"
     #: tensors under these prefixes belong to the mmproj file
     vision_prefixes: tuple[str, ...] = (VISION_PREFIX,)
+    #: tensors under these prefixes are in neither file, on purpose (see the architecture's docstring)
+    skipped_prefixes: tuple[str, ...] = ()
 
     def __init__(self, ckpt: Checkpoint):
         super().__init__(ckpt)
@@ -230,7 +232,7 @@ class Qwen3VLMoe(Architecture):
         specs: list[TensorSpec] = []
         expert_layers: set[int] = set()
         for name in self.ckpt.names():
-            if name.startswith(self.vision_prefixes):
+            if name.startswith(self.vision_prefixes + self.skipped_prefixes):
                 continue
             if ".mlp.experts." in name:
                 expert_layers.add(int(name[len(TEXT_PREFIX) :].split(".")[1]))

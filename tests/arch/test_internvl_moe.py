@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from testbed.tiny_internvl_moe import LAYOUTS, build_tiny_model
-from tests.arch.test_qwen3_vl_moe import PROMPTS, TOKENIZE_STRINGS, _llama
+from tests.arch.test_qwen3_vl_moe import TOKENIZE_STRINGS, assert_text_logits_match
 
 TOKENIZE_IVL = [*TOKENIZE_STRINGS, "<img><IMG_CONTEXT><IMG_CONTEXT></img>\nDescribe it."]
 
@@ -39,23 +39,8 @@ def hf_ivl(ivl):
 @pytest.mark.runtime
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_logits_match_transformers(ivl, hf_ivl, layout):
-    from transformers import AutoTokenizer
-
     model_dir, text, _ = ivl[layout]
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    llm = _llama(text)
-    try:
-        for prompt in PROMPTS:
-            ids = tok(prompt)["input_ids"]
-            with torch.no_grad():
-                ref = hf_ivl(input_ids=torch.tensor([ids])).logits[0].numpy()
-            llm.reset()
-            llm.eval(ids)
-            got = np.asarray(llm.scores[: len(ids)])
-            assert np.abs(ref - got).max() <= 1e-3 * float(ref.max() - ref.min()), f"{layout}: {prompt!r}"
-            assert (ref.argmax(-1) == got.argmax(-1)).all(), f"{layout}: argmax differs on {prompt!r}"
-    finally:
-        llm.close()
+    assert_text_logits_match(hf_ivl, model_dir, text, layout)
 
 
 @pytest.mark.runtime

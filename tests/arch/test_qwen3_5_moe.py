@@ -13,7 +13,7 @@ from PIL import Image
 
 from testbed.tiny_qwen3_5_moe import LAYOUTS, build_tiny_model
 from tests.arch.test_mmproj import _f16_vision_reference
-from tests.arch.test_qwen3_vl_moe import PROMPTS, TOKENIZE_STRINGS, _llama
+from tests.arch.test_qwen3_vl_moe import TOKENIZE_STRINGS, assert_text_logits_match
 
 # combining marks (\p{M}): where the qwen35 pre-tokenizer splits differently from qwen2. Marks
 # without a precomposed form: transformers NFC-normalizes first, llama.cpp does not normalize.
@@ -45,23 +45,8 @@ def hf_q35(q35):
 @pytest.mark.runtime
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_logits_match_transformers(q35, hf_q35, layout):
-    from transformers import AutoTokenizer
-
     model_dir, text, _ = q35[layout]
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    llm = _llama(text)
-    try:
-        for prompt in PROMPTS:
-            ids = tok(prompt)["input_ids"]
-            with torch.no_grad():
-                ref = hf_q35(input_ids=torch.tensor([ids])).logits[0].numpy()
-            llm.reset()
-            llm.eval(ids)
-            got = np.asarray(llm.scores[: len(ids)])
-            assert np.abs(ref - got).max() <= 1e-3 * float(ref.max() - ref.min()), f"{layout}: {prompt!r}"
-            assert (ref.argmax(-1) == got.argmax(-1)).all(), f"{layout}: argmax differs on {prompt!r}"
-    finally:
-        llm.close()
+    assert_text_logits_match(hf_q35, model_dir, text, layout)
 
 
 @pytest.mark.runtime

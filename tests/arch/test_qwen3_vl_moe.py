@@ -42,14 +42,13 @@ def _llama(path):
     )
 
 
-@pytest.mark.runtime
-@pytest.mark.parametrize("case", LAYOUT_CASES)
-def test_logits_match_transformers(case, converted, hf_models, tiny_models):
+def assert_text_logits_match(model, model_dir, gguf, case: str) -> None:
+    """Every prompt of PROMPTS through transformers' `model` and llama.cpp's `gguf`: max |logit
+    difference| within 1e-3 of the logit range, the same argmax at every position."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_models[case])
-    model = hf_models(case)
-    llm = _llama(converted[case][0])
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    llm = _llama(gguf)
     try:
         for prompt in PROMPTS:
             ids = tok(prompt)["input_ids"]
@@ -63,6 +62,12 @@ def test_logits_match_transformers(case, converted, hf_models, tiny_models):
             assert (ref.argmax(-1) == got.argmax(-1)).all(), f"{case}: argmax differs on {prompt!r}"
     finally:
         llm.close()
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("case", LAYOUT_CASES)
+def test_logits_match_transformers(case, converted, hf_models, tiny_models):
+    assert_text_logits_match(hf_models(case), tiny_models[case], converted[case][0], case)
 
 
 @pytest.mark.runtime
