@@ -23,6 +23,11 @@ def runtime_build(
         "--amx",
         help="Keep ggml's AMX kernels (x86; left out by default: they crashed on Xeon test machines).",
     ),
+    sanitize: bool = typer.Option(
+        False,
+        "--sanitize",
+        help="AddressSanitizer + UBSan build for benchmarks/fuzz_loader.py (cached apart, never installed).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every command."),
 ) -> None:
     """Fetch llama-cpp-python 0.3.36 from the package index, apply the patch series (vendor/patches), build, install."""
@@ -37,8 +42,9 @@ def runtime_build(
         log=(lambda m: console.print(m, highlight=False, markup=False)) if verbose else (lambda m: None),
         say=lambda m: console.print(m, highlight=False, markup=False),
         amx=amx,
+        sanitize=sanitize,
     )
-    out.print(f"{'built' if no_install else 'installed'} {wheel}")
+    out.print(f"{'built' if no_install or sanitize else 'installed'} {wheel}")
 
 
 @runtime_app.command("status")

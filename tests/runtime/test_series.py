@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +117,28 @@ def test_amx_is_left_out_unless_asked(monkeypatch, tmp_path):
     monkeypatch.setattr(rb.platform, "machine", lambda: "x86_64")
     monkeypatch.setenv("MODE_EDGE_CACHE", str(tmp_path))
     assert rb.cache_dir([]).name != rb.cache_dir([], amx=True).name
+
+
+def test_a_sanitizer_build_has_its_own_key_and_is_never_installed(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODE_EDGE_CACHE", str(tmp_path))
+    flags = rb.cmake_flags(False, False, sanitize=True)
+    assert "-DLLAMA_SANITIZE_ADDRESS=ON" in flags and "-DGGML_SANITIZE_UNDEFINED=ON" in flags
+    assert rb.cache_dir(flags).name != rb.cache_dir(rb.cmake_flags(False, False)).name
+    env = rb.compile_env(sanitize=True)
+    assert env and all("-O1 -g -DNDEBUG" in v for v in env.values())
+    calls = []
+    monkeypatch.setattr(rb, "_build_wheel", lambda cache, *a, **k: calls.append(cache) or tmp_path / "x.whl")
+    monkeypatch.setattr(rb, "_run", lambda cmd, log, **k: calls.append(cmd))
+    rb.build_runtime(sanitize=True, install=True)
+    assert len(calls) == 1  # built, and no pip install of it followed
+
+
+def test_the_sanitizer_runtimes_are_found():
+    env = rb.sanitizer_env()
+    libs = env["LD_PRELOAD"].split()
+    assert [Path(x).name.split(".so")[0] for x in libs] == ["libasan", "libubsan"]
+    assert all(Path(x).exists() for x in libs)
+    assert "detect_leaks=0" in env["ASAN_OPTIONS"] and "halt_on_error=1" in env["UBSAN_OPTIONS"]
 
 
 def test_gcc_lets_no_amx_win_over_march():
