@@ -64,7 +64,9 @@ def reason(log: str) -> str | None:
             return m.group(1)
     for i, ln in enumerate(lines):
         if _GENERIC.search(ln):
-            return lines[i - 1] if i > 0 and _ERRORISH.search(lines[i - 1]) else ln
+            prev = lines[i - 1] if i > 0 else ""
+            # ggml's GGUF reader logs the reason just before its own "failed to read" line
+            return prev if prev.startswith(("gguf_", "read:")) or _ERRORISH.search(prev) else ln
     return next((ln for ln in lines if _ERRORISH.search(ln)), None)
 
 

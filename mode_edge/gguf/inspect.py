@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
 from mode_edge.errors import UserError
@@ -25,7 +26,10 @@ def open_gguf(path: Path) -> GGUFReader:
     if not path.is_file():
         raise UserError(f"{path} does not exist", "pass a .gguf file written by mode-edge or llama.cpp")
     try:
-        return GGUFReader(path)
+        # corrupt sizes overflow numpy scalars inside gguf-py: the error below says so, once,
+        # instead of a RuntimeWarning first (benchmarks/fuzz_loader.py)
+        with np.errstate(all="ignore"):
+            return GGUFReader(path)
     except Exception as e:  # gguf-py raises ValueError/struct errors on garbage
         raise UserError(
             f"{path} is not a readable GGUF file ({e})", "check the path; the file may be truncated"

