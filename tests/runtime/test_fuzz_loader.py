@@ -65,3 +65,39 @@ def test_many_groups_run_on_the_fallback_path(tmp_path):
     assert sum(len(ks) for ks in parsed.groups.values()) == 96
     for mode in fuzz.MODES:
         assert fuzz.main(["--replay", str(seed), "--mode", mode, "--work", str(tmp_path / mode)]) == 0, mode
+
+
+def _replay_log(path: Path, work: Path) -> tuple[int, str]:
+    rc = fuzz.main(["--replay", str(path), "--work", str(work)])
+    return rc, (work / "replay.log").read_text(errors="replace")
+
+
+def test_a_repeated_token_string_is_refused_not_an_abort(tmp_path):
+    """Found by the fuzz (one flipped byte in tokenizer.ggml.tokens): llama.cpp asserted that
+    token strings are distinct and aborted; patch 0010 refuses the file."""
+    seed = fuzz.gm.read_seed(fuzz.build_seed("tiny", tmp_path), "tiny")
+    kvs = []
+    for kv in seed.kvs:
+        if kv.name == "tokenizer.ggml.tokens":
+            tokens = list(kv.value)
+            tokens[5] = tokens[6]
+            kv = fuzz.gm.KV(kv.name, tokens, kv.vtype, kv.sub)
+        kvs.append(kv)
+    bad = tmp_path / "dup.gguf"
+    fuzz.gm.write(bad, seed, seed.tensors, kvs)
+    rc, log = _replay_log(bad, tmp_path / "r")
+    assert rc == 0 and "distinct token strings" in log, log[-2000:]
+
+
+def test_an_out_of_range_type_field_is_refused_by_the_reader(tmp_path):
+    """Patch 0008: the GGUF reader refuses a type field outside ggml's types before it becomes an
+    enum (under UBSan the old order was undefined behaviour)."""
+    import struct
+
+    seed = fuzz.gm.read_seed(fuzz.build_seed("tiny", tmp_path), "tiny")
+    buf = bytearray(seed.raw)
+    struct.pack_into("<I", buf, seed.info["blk.0.ffn_up_exps.g0.weight"]["type"], 4000)
+    bad = tmp_path / "type.gguf"
+    bad.write_bytes(bytes(buf))
+    rc, log = _replay_log(bad, tmp_path / "r")
+    assert rc == 0 and "invalid ggml type 4000, should be in [0, " in log, log[-2000:]
