@@ -101,3 +101,16 @@ def test_an_out_of_range_type_field_is_refused_by_the_reader(tmp_path):
     bad.write_bytes(bytes(buf))
     rc, log = _replay_log(bad, tmp_path / "r")
     assert rc == 0 and "invalid ggml type 4000, should be in [0, " in log, log[-2000:]
+
+
+def test_corrupt_expert_counts_are_refused_not_an_abort(tmp_path):
+    """Found by the fuzz (a flipped byte in expert_used_count): llama.cpp asserted the expert
+    counts and aborted; patch 0010 refuses the file."""
+    seed = fuzz.gm.read_seed(fuzz.build_seed("tiny", tmp_path), "tiny")
+    key = f"{seed.arch}.expert_used_count"
+    kvs = [fuzz.gm.KV(kv.name, 999, kv.vtype) if kv.name == key else kv for kv in seed.kvs]
+    assert any(kv.name == key for kv in kvs)
+    bad = tmp_path / "used.gguf"
+    fuzz.gm.write(bad, seed, seed.tensors, kvs)
+    rc, log = _replay_log(bad, tmp_path / "r")
+    assert rc == 0 and "invalid expert counts in the file" in log, log[-2000:]
