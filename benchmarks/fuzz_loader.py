@@ -114,8 +114,7 @@ def build_seed(name: str, work: Path) -> Path:
     plan = {}
     for spec in arch.text_tensors():
         if spec.role == Role.EXPERT:
-            E = spec.shape[0]
-            plan[spec.name] = [T[rng.choice(SEED_TYPES)] for _ in range(E)]
+            plan[spec.name] = [T[rng.choice(SEED_TYPES)] for _ in range(spec.n_expert)]
     qp = QuantPlan(method="fuzz-seed", default=T.Q8_0, tensors=plan)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -212,11 +211,12 @@ def sanitized_site(work: Path) -> Path:
     wheel = build_runtime(sanitize=True, install=False, say=lambda m: print(m, flush=True))
     site = work / "asan-site"
     stamp = site / ".wheel"
-    if not (stamp.is_file() and stamp.read_text() == wheel.name):
+    # the wheel's path names its cache key (every build of the release has the same file name)
+    if not (stamp.is_file() and stamp.read_text() == str(wheel)):
         shutil.rmtree(site, ignore_errors=True)
         with zipfile.ZipFile(wheel) as z:
             z.extractall(site)
-        stamp.write_text(wheel.name)
+        stamp.write_text(str(wheel))
     return site
 
 

@@ -12,7 +12,6 @@ seed) alone.
 from __future__ import annotations
 
 import random
-import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -22,9 +21,12 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
+from mode_edge.formats.groups import GROUP_RE as _GROUP
+from mode_edge.formats.groups import GROUPS_KEY as KEY
+from mode_edge.formats.groups import group_tensor_names
+from mode_edge.gguf.writer import tensor_nbytes
+
 T = GGMLQuantizationType
-KEY = "mode_edge.expert_groups"
-_GROUP = re.compile(r"^(?P<base>.+)\.g(?P<k>\d+)\.(?P<kind>weight|ids)$")
 
 
 @dataclass
@@ -96,16 +98,16 @@ def read_seed(path: Path, label: str) -> Seed:
         m = _GROUP.match(t.name)
         if m and m["kind"] == "weight":
             groups.setdefault(m["base"], []).append(int(m["k"]))
-    n_expert = 0
-    for base, ks in groups.items():
+    for ks in groups.values():
         ks.sort()
-        n_expert = sum(len(_ids(tensors, f"{base}.g{k}.ids")) for k in ks)
     if not groups:
         raise ValueError(f"{path} has no expert groups: a fuzz seed must be a grouped file")
+    arch = r.fields["general.architecture"].contents()
+    n_expert = int(r.fields[f"{arch}.expert_count"].contents())
     return Seed(
         label,
         path,
-        r.fields["general.architecture"].contents(),
+        arch,
         kvs,
         tensors,
         path.read_bytes(),
@@ -122,11 +124,10 @@ def _ids(tensors: list[Tensor], name: str) -> np.ndarray:
 
 
 def nbytes(ttype: int, shape: tuple[int, ...]) -> int:
-    """ggml_nbytes for a row-major shape (the last axis is the row), floored where the row is not
-    a whole number of blocks (the loader refuses such a shape itself)."""
-    block, size = GGML_QUANT_SIZES[T(ttype)]
-    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
-    return rows * (shape[-1] // block) * size if shape else 0
+    """The writer's tensor_nbytes, with a row that is not a whole number of blocks floored (such
+    a file is what the case is for: the loader must refuse its shape itself)."""
+    block = GGML_QUANT_SIZES[T(ttype)][0]
+    return tensor_nbytes((*shape[:-1], shape[-1] - shape[-1] % block), T(ttype))
 
 
 def write(path: Path, seed: Seed, tensors: list[Tensor], kvs: list[KV] | None = None) -> None:
@@ -147,10 +148,6 @@ def write(path: Path, seed: Seed, tensors: list[Tensor], kvs: list[KV] | None = 
 def _pick_group(seed: Seed, rng: random.Random) -> tuple[str, int]:
     base = rng.choice(sorted(seed.groups))
     return base, rng.choice(seed.groups[base])
-
-
-def _names(base: str, k: int) -> tuple[str, str]:
-    return f"{base}.g{k}.weight", f"{base}.g{k}.ids"
 
 
 def _with(seed: Seed, edits: dict[str, Tensor | None], extra: list[Tensor] = ()) -> list[Tensor]:
@@ -176,22 +173,20 @@ def _expert_slices(t: Tensor) -> list[bytes]:
     return [t.data[i * step : (i + 1) * step] for i in range(n)]
 
 
-def _random_data(rng: random.Random, n: int) -> bytes:
-    return rng.randbytes(n)
-
-
 # -- structural mutations --------------------------------------------------------------------
 
 
 def ids_value(kind: str) -> Callable[[Seed, random.Random, Path], str]:
     def run(seed: Seed, rng: random.Random, out: Path) -> str:
         base, k = _pick_group(seed, rng)
-        _, ni = _names(base, k)
+        _, ni = group_tensor_names(base, k)
         ids = _ids(seed.tensors, ni).copy()
         j = rng.randrange(len(ids))
         E = seed.n_expert
         if kind == "repeat":
-            others = [int(x) for g in seed.groups[base] for x in _ids(seed.tensors, _names(base, g)[1])]
+            others = [
+                int(x) for g in seed.groups[base] for x in _ids(seed.tensors, group_tensor_names(base, g)[1])
+            ]
             v = rng.choice([x for x in others if x != ids[j]])
         elif kind == "negative":
             v = rng.choice([-1, -2, -E, -(2**31), -(2**16)])
@@ -210,7 +205,7 @@ def ids_shuffle(seed: Seed, rng: random.Random, out: Path) -> str:
     """One group's experts in another order (ids and weight slices together): the spec forbids
     writing it, our loader accepts it (docs/gguf-expert-groups.md, section 10)."""
     base, k = _pick_group(seed, rng)
-    nw, ni = _names(base, k)
+    nw, ni = group_tensor_names(base, k)
     ids, w = _ids(seed.tensors, ni), seed.tensor(nw)
     order = list(range(len(ids)))
     rng.shuffle(order)
@@ -223,7 +218,7 @@ def ids_shuffle(seed: Seed, rng: random.Random, out: Path) -> str:
 def ids_length(consistent: bool) -> Callable[[Seed, random.Random, Path], str]:
     def run(seed: Seed, rng: random.Random, out: Path) -> str:
         base, k = _pick_group(seed, rng)
-        nw, ni = _names(base, k)
+        nw, ni = group_tensor_names(base, k)
         ids, w = list(_ids(seed.tensors, ni)), seed.tensor(nw)
         sl = _expert_slices(w)
         action = rng.choice(["drop", "append", "empty", "double"])
@@ -249,7 +244,7 @@ def ids_length(consistent: bool) -> Callable[[Seed, random.Random, Path], str]:
 
 def ids_dtype(seed: Seed, rng: random.Random, out: Path) -> str:
     base, k = _pick_group(seed, rng)
-    _, ni = _names(base, k)
+    _, ni = group_tensor_names(base, k)
     ids = _ids(seed.tensors, ni)
     n = len(ids)
     kind = rng.choice(["I16", "I64", "F32", "I8", "F16", "2d", "2d_t", "3d", "bytes_as_I64"])
@@ -268,16 +263,16 @@ def ids_dtype(seed: Seed, rng: random.Random, out: Path) -> str:
     return f"{ni} as {kind}"
 
 
-_WEIGHT_TYPES = [t for t in T if t in GGML_QUANT_SIZES and t.name not in ("Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8")]
+_WEIGHT_TYPES = [t for t in T if t in GGML_QUANT_SIZES]
 
 
 def weight_dtype(keep_bytes: bool) -> Callable[[Seed, random.Random, Path], str]:
     def run(seed: Seed, rng: random.Random, out: Path) -> str:
         base, k = _pick_group(seed, rng)
-        nw, _ = _names(base, k)
+        nw, _ = group_tensor_names(base, k)
         w = seed.tensor(nw)
         new = rng.choice(_WEIGHT_TYPES)
-        data = w.data if keep_bytes else _random_data(rng, nbytes(int(new), w.shape))
+        data = w.data if keep_bytes else rng.randbytes(nbytes(int(new), w.shape))
         write(out, seed, _with(seed, {nw: replace(w, type=int(new), data=data)}))
         return f"{nw} as {new.name}{' (bytes kept)' if keep_bytes else ''}"
 
@@ -291,11 +286,11 @@ def group_split_singletons(seed: Seed, rng: random.Random, out: Path) -> str:
     edits: dict[str, Tensor | None] = {}
     extra, n = [], 0
     for k in seed.groups[base]:
-        nw, ni = _names(base, k)
+        nw, ni = group_tensor_names(base, k)
         w, ids = seed.tensor(nw), _ids(seed.tensors, ni)
         edits[nw] = edits[ni] = None
         for e, sl in zip(ids, _expert_slices(w), strict=True):
-            gw, gi = _names(base, n)
+            gw, gi = group_tensor_names(base, n)
             extra += [replace(w, name=gw, shape=(1, *w.shape[1:]), data=sl), _ids_tensor(gi, [e])]
             n += 1
     write(out, seed, _with(seed, edits, extra))
@@ -304,10 +299,10 @@ def group_split_singletons(seed: Seed, rng: random.Random, out: Path) -> str:
 
 def group_remove(seed: Seed, rng: random.Random, out: Path) -> str:
     base, k = _pick_group(seed, rng)
-    nw, ni = _names(base, k)
+    nw, ni = group_tensor_names(base, k)
     what = rng.choice(["weight", "ids", "both", "all"])
     if what == "all":
-        edits = {n: None for g in seed.groups[base] for n in _names(base, g)}
+        edits = {n: None for g in seed.groups[base] for n in group_tensor_names(base, g)}
     else:
         edits = {n: None for n, w in ((nw, "weight"), (ni, "ids")) if what in (w, "both")}
     write(out, seed, _with(seed, edits))
@@ -316,7 +311,7 @@ def group_remove(seed: Seed, rng: random.Random, out: Path) -> str:
 
 def group_extra(seed: Seed, rng: random.Random, out: Path) -> str:
     base, k = _pick_group(seed, rng)
-    nw, ni = _names(base, k)
+    nw, ni = group_tensor_names(base, k)
     top = max(seed.groups[base])
     what = rng.choice(["copy_next", "copy_far", "empty_next", "orphan_ids", "orphan_weight", "zero_experts"])
     w, ids = seed.tensor(nw), _ids(seed.tensors, ni)
@@ -325,7 +320,7 @@ def group_extra(seed: Seed, rng: random.Random, out: Path) -> str:
         if what in ("copy_next", "empty_next", "orphan_ids", "orphan_weight")
         else top + rng.randrange(2, 50)
     )
-    gw, gi = _names(base, n)
+    gw, gi = group_tensor_names(base, n)
     if what in ("copy_next", "copy_far"):
         extra = [replace(w, name=gw), _ids_tensor(gi, ids)]
     elif what == "empty_next" or what == "zero_experts":
@@ -355,7 +350,7 @@ def group_renumber(seed: Seed, rng: random.Random, out: Path) -> str:
         new = [k if i else rng.choice([2**31 - 1, 10**12, 99999]) for i, k in enumerate(ks)]
     ren = {}
     for old, k in zip(ks, new, strict=True):
-        for a, b in zip(_names(base, old), _names(base, k), strict=True):
+        for a, b in zip(group_tensor_names(base, old), group_tensor_names(base, k), strict=True):
             ren[a] = b
     tensors = [replace(t, name=ren.get(t.name, t.name)) for t in seed.tensors]
     write(out, seed, tensors)
@@ -364,7 +359,7 @@ def group_renumber(seed: Seed, rng: random.Random, out: Path) -> str:
 
 def group_shape(seed: Seed, rng: random.Random, out: Path) -> str:
     base, k = _pick_group(seed, rng)
-    nw, _ = _names(base, k)
+    nw, _ = group_tensor_names(base, k)
     w = seed.tensor(nw)
     n, rows, cols = w.shape
     block = GGML_QUANT_SIZES[T(w.type)][0]
@@ -382,7 +377,7 @@ def group_shape(seed: Seed, rng: random.Random, out: Path) -> str:
         "4d": (2, n, rows, cols),
         "2d": (n * rows, cols),
     }[how]
-    data = _random_data(rng, nbytes(w.type, shape)) if rng.random() < 0.5 else w.data
+    data = rng.randbytes(nbytes(w.type, shape)) if rng.random() < 0.5 else w.data
     write(out, seed, _with(seed, {nw: replace(w, shape=shape, data=data)}))
     return f"{nw} shape {shape} ({how}; {'resized' if data is not w.data else 'bytes kept'})"
 
@@ -391,7 +386,21 @@ def key_edit(seed: Seed, rng: random.Random, out: Path) -> str:
     kvs = [kv for kv in seed.kvs if kv.name != KEY]
     V = GGUFValueType
     how = rng.choice(
-        ["absent", "v0", "v2", "vmax", "u8", "i32", "u64", "i64", "f32", "bool", "string", "array", "twice"]
+        [
+            "absent",
+            "v0",
+            "v2",
+            "vmax",
+            "u8",
+            "i32",
+            "u64",
+            "i64",
+            "f32",
+            "bool",
+            "string",
+            "array",
+            "moved_last",
+        ]
     )
     val = {
         "v0": KV(KEY, 0, V.UINT32),
@@ -408,9 +417,7 @@ def key_edit(seed: Seed, rng: random.Random, out: Path) -> str:
     }.get(how)
     if val is not None:
         kvs.append(val)
-    if how == "twice":
-        # GGUFWriter refuses a repeated key, so the second one is written by a byte edit later;
-        # here the key moves to the end instead (order must not matter)
+    if how == "moved_last":  # a valid key after all the others: order must not matter
         kvs.append(KV(KEY, 1, V.UINT32))
     write(out, seed, seed.tensors, kvs)
     return f"{KEY}: {how}"
@@ -419,9 +426,9 @@ def key_edit(seed: Seed, rng: random.Random, out: Path) -> str:
 def whole_and_groups(seed: Seed, rng: random.Random, out: Path) -> str:
     """The tensor stored both whole (as a stock file would) and as groups."""
     base = rng.choice(sorted(seed.groups))
-    w0 = seed.tensor(_names(base, seed.groups[base][0])[0])
+    w0 = seed.tensor(group_tensor_names(base, seed.groups[base][0])[0])
     shape = (seed.n_expert, *w0.shape[1:])
-    whole = Tensor(base + ".weight", w0.type, shape, _random_data(rng, nbytes(w0.type, shape)))
+    whole = Tensor(base + ".weight", w0.type, shape, rng.randbytes(nbytes(w0.type, shape)))
     write(out, seed, _with(seed, {}, [whole]))
     return f"{base}: whole tensor added beside its groups"
 
@@ -445,7 +452,7 @@ def swap_group_ids(seed: Seed, rng: random.Random, out: Path) -> str:
     if len(ks) < 2:
         return ids_shuffle(seed, rng, out)
     a, b = rng.sample(ks, 2)
-    ia, ib = _names(base, a)[1], _names(base, b)[1]
+    ia, ib = group_tensor_names(base, a)[1], group_tensor_names(base, b)[1]
     write(
         out,
         seed,
@@ -472,96 +479,102 @@ def _emit(out: Path, buf: bytes | bytearray) -> None:
     out.write_bytes(bytes(buf))
 
 
-def tensor_offset(seed: Seed, rng: random.Random, out: Path) -> str:
+def _edit_field(seed: Seed, out: Path, pos: int, fmt: str, pick: Callable[[int], int]) -> tuple[int, int]:
+    """Write the valid file with the little-endian field at pos replaced by pick(current)."""
     buf = bytearray(seed.raw)
-    name = _pick_tensor(seed, rng)
-    pos = seed.info[name]["offset"]
-    (cur,) = struct.unpack_from("<Q", buf, pos)
-    size = len(buf) - seed.data_offset
-    other = struct.unpack_from("<Q", buf, seed.info[rng.choice(sorted(seed.info))]["offset"])[0]
-    v = rng.choice(
-        [
-            0,
-            cur + 1,
-            cur + 32,
-            max(cur - 32, 0),
-            size,
-            size - 4,
-            size + 32,
-            2**63,
-            2**64 - 32,
-            other,
-            rng.randrange(2**64),
-        ]
-    )
-    _put(buf, pos, "Q", v)
+    (cur,) = struct.unpack_from("<" + fmt, buf, pos)
+    v = pick(cur)
+    _put(buf, pos, fmt, v)
     _emit(out, buf)
+    return cur, v
+
+
+def tensor_offset(seed: Seed, rng: random.Random, out: Path) -> str:
+    name = _pick_tensor(seed, rng)
+    size = len(seed.raw) - seed.data_offset
+    other = struct.unpack_from("<Q", seed.raw, seed.info[rng.choice(sorted(seed.info))]["offset"])[0]
+    cur, v = _edit_field(
+        seed,
+        out,
+        seed.info[name]["offset"],
+        "Q",
+        lambda cur: rng.choice(
+            [0, cur + 1, cur + 32, max(cur - 32, 0), size, size - 4, size + 32, 2**63, 2**64 - 32, other]
+            + [rng.randrange(2**64)]
+        ),
+    )
     return f"{name} offset {cur} -> {v}"
 
 
 def tensor_dim(seed: Seed, rng: random.Random, out: Path) -> str:
-    buf = bytearray(seed.raw)
     name = _pick_tensor(seed, rng)
     dims = seed.info[name]["dims"]
     j = rng.randrange(len(dims))
-    (cur,) = struct.unpack_from("<Q", buf, dims[j])
-    v = rng.choice([0, 1, cur + 1, max(cur - 1, 0), cur * 2, 2**31, 2**32 + cur, 2**62, 2**63 - 1, 2**64 - 1])
-    _put(buf, dims[j], "Q", v)
-    _emit(out, buf)
+    cur, v = _edit_field(
+        seed,
+        out,
+        dims[j],
+        "Q",
+        lambda cur: rng.choice(
+            [0, 1, cur + 1, max(cur - 1, 0), cur * 2, 2**31, 2**32 + cur, 2**62, 2**63 - 1, 2**64 - 1]
+        ),
+    )
     return f"{name} ne[{j}] {cur} -> {v}"
 
 
 def tensor_ndims(seed: Seed, rng: random.Random, out: Path) -> str:
-    buf = bytearray(seed.raw)
     name = _pick_tensor(seed, rng)
-    v = rng.choice([0, 1, 2, 3, 4, 5, 255, 2**31])
-    _put(buf, seed.info[name]["n_dims"], "I", v)
-    _emit(out, buf)
+    _, v = _edit_field(
+        seed, out, seed.info[name]["n_dims"], "I", lambda cur: rng.choice([0, 1, 2, 3, 4, 5, 255, 2**31])
+    )
     return f"{name} n_dims -> {v}"
 
 
 def tensor_type(seed: Seed, rng: random.Random, out: Path) -> str:
-    buf = bytearray(seed.raw)
     name = _pick_tensor(seed, rng)
-    v = rng.choice([rng.randrange(0, 48), rng.randrange(0, 48), 4, 5, 31, 36, 39, 2**31, 2**32 - 1])
-    _put(buf, seed.info[name]["type"], "I", v)
-    _emit(out, buf)
+    _, v = _edit_field(
+        seed,
+        out,
+        seed.info[name]["type"],
+        "I",
+        lambda cur: rng.choice(
+            [rng.randrange(0, 48), rng.randrange(0, 48), 4, 5, 31, 36, 39, 2**31, 2**32 - 1]
+        ),
+    )
     return f"{name} type -> {v}"
 
 
 def tensor_name_len(seed: Seed, rng: random.Random, out: Path) -> str:
-    buf = bytearray(seed.raw)
     name = _pick_tensor(seed, rng)
-    pos = seed.info[name]["name_len"]
-    (cur,) = struct.unpack_from("<Q", buf, pos)
-    v = rng.choice([0, cur - 1, cur + 1, 64, 65, 1024, 2**32, 2**63, 2**64 - 1])
-    _put(buf, pos, "Q", v)
-    _emit(out, buf)
+    cur, v = _edit_field(
+        seed,
+        out,
+        seed.info[name]["name_len"],
+        "Q",
+        lambda cur: rng.choice([0, cur - 1, cur + 1, 64, 65, 1024, 2**32, 2**63, 2**64 - 1]),
+    )
     return f"{name} name length {cur} -> {v}"
 
 
 def header_counts(seed: Seed, rng: random.Random, out: Path) -> str:
-    buf = bytearray(seed.raw)
     which = rng.choice(["n_tensors", "n_kv", "version"])
-    pos = {"n_tensors": 8, "n_kv": 16, "version": 4}[which]
     if which == "version":
-        v = rng.choice([0, 1, 2, 4, 2**31])
-        _put(buf, pos, "I", v)
+        _, v = _edit_field(seed, out, 4, "I", lambda cur: rng.choice([0, 1, 2, 4, 2**31]))
     else:
-        (cur,) = struct.unpack_from("<Q", buf, pos)
-        v = rng.choice([0, cur - 1, cur + 1, cur * 2, 2**31, 2**63, 2**64 - 1])
-        _put(buf, pos, "Q", v)
-    _emit(out, buf)
+        _, v = _edit_field(
+            seed,
+            out,
+            {"n_tensors": 8, "n_kv": 16}[which],
+            "Q",
+            lambda cur: rng.choice([0, cur - 1, cur + 1, cur * 2, 2**31, 2**63, 2**64 - 1]),
+        )
     return f"header {which} -> {v}"
 
 
 def kv_type(seed: Seed, rng: random.Random, out: Path) -> str:
-    buf = bytearray(seed.raw)
     cands = [kp for kp in seed.kv_pos if kp[0] == KEY or rng.random() < 0.3] or seed.kv_pos
     name, pos = rng.choice(cands)
-    v = rng.choice(list(range(13)) + [13, 255, 2**31])
-    _put(buf, pos, "I", v)
-    _emit(out, buf)
+    _, v = _edit_field(seed, out, pos, "I", lambda cur: rng.choice(list(range(13)) + [13, 255, 2**31]))
     return f"kv {name} value type -> {v}"
 
 

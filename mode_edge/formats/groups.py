@@ -22,7 +22,7 @@ from mode_edge.formats.quant_types import bits_per_weight
 GROUPS_KEY = "mode_edge.expert_groups"
 GROUPS_VERSION = 1
 
-_GROUP_RE = re.compile(r"^(?P<base>.+)\.g(?P<k>\d+)\.(?P<kind>weight|ids)$")
+GROUP_RE = re.compile(r"^(?P<base>.+)\.g(?P<k>\d+)\.(?P<kind>weight|ids)$")
 
 
 def group_tensor_names(base: str, k: int) -> tuple[str, str]:
@@ -64,7 +64,7 @@ def read_groups(reader: GGUFReader) -> dict[str, list[dict[str, Any]]]:
     weights: dict[str, dict[int, Any]] = defaultdict(dict)
     ids: dict[str, dict[int, Any]] = defaultdict(dict)
     for t in reader.tensors:
-        m = _GROUP_RE.match(t.name)
+        m = GROUP_RE.match(t.name)
         if m:
             (weights if m["kind"] == "weight" else ids)[m["base"]][int(m["k"])] = t
     out: dict[str, list[dict[str, Any]]] = {}
@@ -115,7 +115,7 @@ def expert_types(reader: GGUFReader) -> dict[str, list[GGMLQuantizationType]]:
     """Per expert tensor (stock or grouped), the type of every expert."""
     result: dict[str, list[GGMLQuantizationType]] = {}
     for t in reader.tensors:
-        if "_exps." in t.name and not _GROUP_RE.match(t.name) and len(t.shape) == 3:
+        if "_exps." in t.name and not GROUP_RE.match(t.name) and len(t.shape) == 3:
             result[t.name] = [t.tensor_type] * int(t.shape[2])
     for base, groups in read_groups(reader).items():
         n = sum(len(g["ids"]) for g in groups)

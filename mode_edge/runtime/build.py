@@ -97,8 +97,7 @@ def sanitizer_env() -> dict[str, str]:
                 f"the C compiler has no {name}", "install gcc's sanitizer runtimes (libasan, libubsan)"
             )
         libs.append(path)
-    root = Path(os.environ.get("MODE_EDGE_CACHE") or Path.home() / ".cache" / "mode-edge")
-    supp = root / "ubsan-suppressions.txt"
+    supp = cache_root() / "ubsan-suppressions.txt"
     if not supp.is_file() or supp.read_text() != UBSAN_SUPPRESSIONS:
         supp.parent.mkdir(parents=True, exist_ok=True)
         supp.write_text(UBSAN_SUPPRESSIONS)
@@ -119,8 +118,7 @@ NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 def compile_env(amx: bool = False, sanitize: bool = False) -> dict[str, str]:
     """CFLAGS/CXXFLAGS for the build (CMake reads them at configure): without AMX on x86-64
     unless amx=True. A sanitizer build is compiled at -O1 with debug symbols (the usual setting
-    for ASan: reports name lines, and it compiles in about half the time of -O3) and NDEBUG, so
-    its code paths are the release build's."""
+    for ASan: reports name lines) and NDEBUG, so its code paths are the release build's."""
     extra = []
     if not (amx or sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64")):
         extra.append(NO_AMX)
@@ -135,8 +133,12 @@ def _sanitized(flags: list[str]) -> bool:
     return any(f in flags for f in SANITIZE_FLAGS)
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("MODE_EDGE_CACHE") or Path.home() / ".cache" / "mode-edge")
+
+
 def cache_dir(flags: list[str], stock: bool = False, amx: bool = False) -> Path:
-    root = Path(os.environ.get("MODE_EDGE_CACHE") or Path.home() / ".cache" / "mode-edge")
+    root = cache_root()
     patch = b"" if stock else series_bytes(patch_series())
     cflags = " ".join(f"{k}={v}" for k, v in sorted(compile_env(amx, _sanitized(flags)).items()))
     key = hashlib.sha256(patch + f"{VERSION}|{' '.join(flags)}|{cflags}".encode()).hexdigest()[:16]

@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType
 from mode_edge.formats.groups import GROUPS_KEY
 from mode_edge.formats.plan import QuantPlan
 from mode_edge.gguf.export import export_model
+from mode_edge.gguf.inspect import field_value
 from mode_edge.runtime.build import GROUPS, capabilities
 from tests.gguf_rewrite import degroup_to_f32, regroup
 
@@ -228,10 +229,6 @@ REFUSED = {
 }
 
 
-def n_expert(r) -> int:
-    return int(r.fields[f"{r.fields['general.architecture'].contents()}.expert_count"].contents())
-
-
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_malformed_grouped_files_are_refused_at_load(stock, tmp_path, case):
     from gguf import GGUFReader, GGUFWriter
@@ -264,7 +261,8 @@ def test_malformed_grouped_files_are_refused_at_load(stock, tmp_path, case):
             continue
         if case == "whole_too" and t.name == target + ".weight":
             n_in, n_out, _ = (int(x) for x in t.shape)
-            whole = np.zeros((n_expert(r), n_out, n_in), dtype=np.float32)
+            n_expert = int(field_value(r, f"{field_value(r, 'general.architecture')}.expert_count"))
+            whole = np.zeros((n_expert, n_out, n_in), dtype=np.float32)
             w.add_tensor("blk.0.ffn_up_exps.weight", whole, raw_dtype=GGMLQuantizationType.F32)
         if case == "orphan_ids" and t.name == target + ".ids":
             w.add_tensor("blk.0.ffn_up_exps.g2.ids", np.asarray(t.data, dtype=np.int32)[:1].copy())

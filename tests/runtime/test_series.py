@@ -133,8 +133,11 @@ def test_a_sanitizer_build_has_its_own_key_and_is_never_installed(monkeypatch, t
     assert len(calls) == 1  # built, and no pip install of it followed
 
 
-def test_the_sanitizer_runtimes_are_found():
+def test_the_sanitizer_runtimes_are_found(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODE_EDGE_CACHE", str(tmp_path))
     env = rb.sanitizer_env()
+    assert f"suppressions={tmp_path / 'ubsan-suppressions.txt'}" in env["UBSAN_OPTIONS"]
+    assert (tmp_path / "ubsan-suppressions.txt").read_text() == "alignment:*/ggml-cpu/*\n"
     libs = env["LD_PRELOAD"].split()
     assert [Path(x).name.split(".so")[0] for x in libs] == ["libasan", "libubsan"]
     assert all(Path(x).exists() for x in libs)
