@@ -28,6 +28,7 @@ class PlanReport:
     stages: dict[str, float] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
     shared: dict[str, int] = field(default_factory=dict)  # shared-expert tensors the ILP typed, by type
+    dense: dict[str, int] = field(default_factory=dict)  # dense-layer FFN tensors the ILP typed, by type
 
     @classmethod
     def of(
@@ -53,6 +54,7 @@ class PlanReport:
             dict(stages or {}),
             {p.name: p.stat().st_size for p in files or []},
             dict(Counter(t.name for t in alloc.shared_types.values())),
+            dict(Counter(t.name for t in alloc.dense_types.values())),
         )
 
     def to_json(self) -> dict:
@@ -67,6 +69,7 @@ class PlanReport:
             "parts": dict(self.parts),
             "experts_by_type": {t: {"expert_tensors": u, "bytes": b} for t, u, b in self.types},
             **({"shared_experts_by_type": self.shared} if self.shared else {}),
+            **({"dense_ffns_by_type": self.dense} if self.dense else {}),
             "seconds": {k: round(v, 2) for k, v in self.stages.items()},
             "solver": x.get("solver"),
             "importance": x.get("importance"),
@@ -90,14 +93,7 @@ class PlanReport:
             "|---|---:|---:|",
             *[f"| {t} | {u:,} | {b:,} |" for t, u, b in self.types],
             "",
-            *(
-                [
-                    "Shared-expert tensors by type: " + ", ".join(f"{t} {n}" for t, n in self.shared.items()),
-                    "",
-                ]
-                if self.shared
-                else []
-            ),
+            *[f"{line}\n" for line in self._by_type_lines()],
             "| stage | seconds |",
             "|---|---:|",
             *[f"| {k} | {v:.1f} |" for k, v in self.stages.items()],
@@ -106,6 +102,14 @@ class PlanReport:
             "",
         ]
         return "\n".join(lines)
+
+    def _by_type_lines(self) -> list[str]:
+        """The ILP's types of shared experts and dense-layer FFNs, a line each."""
+        return [
+            f"{what} tensors by type: " + ", ".join(f"{t} {n}" for t, n in d.items())
+            for what, d in (("Shared-expert", self.shared), ("Dense-layer FFN", self.dense))
+            if d
+        ]
 
     def write(self, out_dir: Path) -> None:
         """OUT/report.json and OUT/report.md."""
@@ -132,10 +136,8 @@ class PlanReport:
         for t, units, b in self.types:
             types.add_row(t, f"{units:,}", f"{b:,}")
         out.print(types)
-        if self.shared:
-            out.print(
-                "shared-expert tensors by type: " + ", ".join(f"{t} {n}" for t, n in self.shared.items())
-            )
+        for line in self._by_type_lines():
+            out.print(line)
         gap = "" if self.gap is None else f", gap {100 * self.gap:.3f}%"
         out.print(
             f"{self.expert_bpw:.3f} bits per routed-expert weight; solver {self.status}{gap}; {self.seconds:.1f} s"

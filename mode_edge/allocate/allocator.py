@@ -53,6 +53,7 @@ class AllocOptions:
     # shared experts: a type, "auto" (ILP items), or None: auto where the method prices types by
     # sensitivity under a byte budget, else `other`
     shared: str | None = None
+    dense: str | None = None  # dense (non-MoE) layers' FFNs: the same choices as `shared`
     mmproj: str = "F16"
     fixed: dict[str, T] = field(default_factory=dict)  # types of named non-expert tensors (e.g. a preset's)
     context: int = 0  # KV-cache tokens to reserve in a byte budget
@@ -90,6 +91,8 @@ class Allocation:
     notes: list[str]
     shared_types: dict[str, T] = field(default_factory=dict)  # shared-expert types the ILP chose
     shared_bytes: int = 0
+    dense_types: dict[str, T] = field(default_factory=dict)  # dense-layer FFN types the ILP chose
+    dense_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -151,7 +154,7 @@ def build_items(
 ) -> Items:
     keys, sizes, params, layers, costs, scores = [], [], [], [], [], []
     use_cost = method.needs_sensitivity
-    for layer in sorted(stats.layers):
+    for layer in stats.moe_layers:
         ls = _layer_stats(stats, layer, method)
         ts = [tensors[layer, p] for p in range(3)]
         bytes_ = np.array([[t.expert_bytes(c) for c in cands] for t in ts], dtype=np.int64)  # [3, k]
@@ -215,7 +218,7 @@ def _plan(
         default=parse_type(opts.other),
         mmproj=parse_type(opts.mmproj),
     )
-    for flag, role in ((opts.attn, Role.ATTN), (opts.shared, Role.SHARED)):
+    for flag, role in ((opts.attn, Role.ATTN), (opts.shared, Role.SHARED), (opts.dense, Role.FFN)):
         if flag and flag != "auto":
             for name, r in layout.other_roles.items():
                 if r == role:
@@ -232,6 +235,7 @@ def _check_fixed_types(opts: AllocOptions) -> None:
         ("--other", opts.other),
         ("--attn-type", opts.attn),
         ("--shared-type", opts.shared),
+        ("--dense-type", opts.dense),
         ("--mmproj-type", opts.mmproj),
     ):
         if name and name != "auto" and requires_imatrix(parse_type(name)):
@@ -253,7 +257,13 @@ class AttnItems:
 DENSE = {
     "attention": ("attn_tensors", "attn_sensitivity"),
     "shared experts": ("shared_tensors", "shexp_sensitivity"),
+    "dense layers": ("dense_tensors", "dense_sensitivity"),
 }
+#: parts that are ILP items or one fixed type: (name in DENSE, role, AllocOptions field, flag)
+FIXED_OR_AUTO = (
+    ("shared experts", Role.SHARED, "shared", "--shared-type"),
+    ("dense layers", Role.FFN, "dense", "--dense-type"),
+)
 
 
 def dense_items(
@@ -273,6 +283,8 @@ def dense_items(
     shapes = {s.name: s.shape for s in layout.text_specs}
     names, sizes, costs = [], [], []
     for layer in sorted(stats.layers):
+        if str(layer) not in stats.manifest[listed]:  # e.g. no shared expert in a dense layer
+            continue
         sens = stats.layers[layer][sens_key]
         for i, (name, _) in enumerate(stats.manifest[listed][str(layer)]):
             if name not in shapes:
@@ -291,17 +303,29 @@ def attention_items(stats, layout, method, cands, cols, ctx) -> AttnItems:
     return dense_items(stats, layout, method, cands, cols, ctx, "attention")
 
 
-def _shared_auto(opts: AllocOptions, method: Method, byte_budget: bool, has_shared: bool) -> bool:
-    """Whether the shared experts are ILP items (see AllocOptions.shared)."""
-    if not has_shared or (opts.shared is not None and opts.shared != "auto"):
+def _auto(opts: AllocOptions, attr: str, flag: str, method: Method, byte_budget: bool, present: bool) -> bool:
+    """Whether a FIXED_OR_AUTO part (shared experts, dense layers) is ILP items: "auto", or
+    unset where the method prices types by sensitivity under a byte budget."""
+    value = getattr(opts, attr)
+    if not present or (value is not None and value != "auto"):
         return False
     able = byte_budget and method.prices_dense
-    if opts.shared == "auto" and not able:
+    if value == "auto" and not able:
         raise UserError(
-            "--shared-type auto needs a byte budget and a method that prices types by sensitivity",
-            "give --budget in bytes and a mode method, or a fixed --shared-type",
+            f"{flag} auto needs a byte budget and a method that prices types by sensitivity",
+            f"give --budget in bytes and a mode method, or a fixed {flag}",
         )
     return able
+
+
+def _auto_parts(opts: AllocOptions, method: Method, byte_budget: bool, roles) -> dict[str, bool]:
+    """{part: ILP items?} for the FIXED_OR_AUTO parts the model has."""
+    roles = set(roles)
+    return {
+        what: _auto(opts, attr, flag, method, byte_budget, role in roles)
+        for what, role, attr, flag in FIXED_OR_AUTO
+        if role in roles
+    }
 
 
 def _too_small(budget_bytes: int, need: int, detail: str) -> UserError:
@@ -324,24 +348,40 @@ def check_budget_before_calibration(
     cands = [parse_type(t) for t in types]
     smallest = min(cands, key=bits_per_weight)
     plan = QuantPlan(default=parse_type(opts.other), mmproj=parse_type(opts.mmproj), tensors=dict(opts.fixed))
-    has_shared = any(s.role == Role.SHARED for s in layout.text_specs)
-    shared_auto = _shared_auto(opts, get_method(opts.method), True, has_shared)
+    auto = _auto_parts(opts, get_method(opts.method), True, (s.role for s in layout.text_specs))
+    by_role = {role: (what, attr) for what, role, attr, _ in FIXED_OR_AUTO}
     for spec in layout.text_specs:
+        fixed_by = by_role.get(spec.role)
         if (
             spec.role == Role.EXPERT
             or (spec.role == Role.ATTN and opts.attn == "auto")
-            or (spec.role == Role.SHARED and shared_auto)
+            or (fixed_by is not None and auto[fixed_by[0]])
         ):
             plan.tensors[spec.name] = smallest
         elif spec.role == Role.ATTN and opts.attn:
             plan.tensors[spec.name] = parse_type(opts.attn)
-        elif spec.role == Role.SHARED and opts.shared and opts.shared != "auto":
-            plan.tensors[spec.name] = parse_type(opts.shared)
-    need = sum(layout.file_bytes(plan)) + layout.kv_cache_bytes(opts.context)
+        elif fixed_by is not None and getattr(opts, fixed_by[1]) not in (None, "auto"):
+            plan.tensors[spec.name] = parse_type(getattr(opts, fixed_by[1]))
+    reserve = layout.kv_cache_bytes(opts.context)
+    need = sum(layout.file_bytes(plan)) + reserve
     if need > budget.bytes:
         raise _too_small(
-            budget.bytes, need, f"routed experts at {smallest.name}, everything else at --other {opts.other}"
+            budget.bytes,
+            need,
+            f"routed experts and ILP-chosen parts at {smallest.name}, the rest as the options say; "
+            + _parts_detail(layout, plan, reserve),
         )
+
+
+def _parts_detail(layout: ModelLayout, plan: QuantPlan, reserve: int) -> str:
+    """Where the bytes of the smallest file go, largest part first (what to shrink)."""
+    parts = layout.part_bytes(plan)
+    text_b, mm_b = layout.file_bytes(plan)
+    parts["mmproj file"] = mm_b
+    parts["headers, norms, routers"] = text_b - sum(v for k, v in parts.items() if k != "mmproj file")
+    if reserve:
+        parts["KV reserve"] = reserve
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v)
 
 
 def _method_options(stats: ExpertStats, opts: AllocOptions) -> dict[str, Any]:
@@ -408,10 +448,10 @@ def allocate(
                 "give --budget in bytes and a mode method, or a fixed --attn-type",
             )
         dense.append(dense_items(stats, layout, method, cands, cols, ctx, "attention"))
-    has_shared = any(r == Role.SHARED for r in layout.other_roles.values())
-    shared_on = _shared_auto(opts, method, budget.bytes is not None, has_shared)
-    if shared_on:
-        dense.append(dense_items(stats, layout, method, cands, cols, ctx, "shared experts"))
+    auto = _auto_parts(opts, method, budget.bytes is not None, layout.other_roles.values())
+    for what, on in auto.items():
+        if on:
+            dense.append(dense_items(stats, layout, method, cands, cols, ctx, what))
     attn = (
         None
         if not dense
@@ -444,16 +484,14 @@ def allocate(
         capacity = budget.bytes - reserve - fixed
         if smallest > capacity:
             need = fixed + smallest + reserve
-            dense_what = [
-                w for w, on in (("attention", opts.attn == "auto"), ("shared experts", shared_on)) if on
-            ]
+            dense_what = [w for w, on in (("attention", opts.attn == "auto"), *auto.items()) if on]
             what = " and ".join(["routed experts", *dense_what])
             raise _too_small(
                 budget.bytes,
                 need,
                 f"{what} at {cands[0].name}: {smallest:,}; everything else at --other "
-                f"{opts.other} / --mmproj-type {opts.mmproj}, with headers: {fixed:,}; "
-                f"KV reserve: {reserve:,}",
+                f"{opts.other} / --mmproj-type {opts.mmproj}, with headers: {fixed:,}; by part: "
+                + _parts_detail(layout, base, reserve),
             )
     else:
         capacity = int(budget.bpw / 8.0 * int(items.params.sum()))
@@ -508,12 +546,13 @@ def allocate(
     else:
         raise UserError("could not fit the expert-group headers into the budget", "raise --budget slightly")
     notes.extend(ctx.notes)
-    if has_shared:
-        notes.append(
-            "shared experts: ILP items at frequency 1 in each modality, priced by their own sensitivity"
-            if shared_on
-            else f"shared experts at {opts.shared or opts.other} (fixed)"
-        )
+    for what, _role, attr, _ in FIXED_OR_AUTO:
+        if what in auto:
+            notes.append(
+                f"{what}: ILP items at frequency 1 in each modality, priced by their own sensitivity"
+                if auto[what]
+                else f"{what} at {getattr(opts, attr) or opts.other} (fixed)"
+            )
     notes.append(
         f"packed with the {method.importance} importance matrix, the one its errors were measured with"
         if method.needs_sensitivity
@@ -530,13 +569,16 @@ def allocate(
     if not method.published:
         notes.append(f"{method.name} is mode-edge's variant, not a published method (docs/methods.md)")
     chosen = attn_types(choice)
-    shared_names = {nm for nm, r in layout.other_roles.items() if r == Role.SHARED}
-    chosen_attn = {nm: t for nm, t in chosen.items() if nm not in shared_names}
-    chosen_shared = {nm: t for nm, t in chosen.items() if nm in shared_names}
-    dense_bytes = sizes[np.arange(n, len(sizes)), choice[n:]]
-    names_dense = [] if attn is None else attn.names
-    shared_bytes = int(sum(b for nm, b in zip(names_dense, dense_bytes) if nm in shared_names))
-    attn_bytes = int(dense_bytes.sum()) - shared_bytes
+    role = layout.other_roles
+    item_bytes = dict(zip([] if attn is None else attn.names, sizes[np.arange(n, len(sizes)), choice[n:]]))
+
+    def part(keep) -> tuple[dict[str, T], int]:  # the ILP's choices and bytes for some roles
+        names = [nm for nm in chosen if keep(role[nm])]
+        return {nm: chosen[nm] for nm in names}, int(sum(item_bytes[nm] for nm in names))
+
+    chosen_shared, shared_bytes = part(lambda r: r == Role.SHARED)
+    chosen_dense, dense_bytes = part(lambda r: r == Role.FFN)
+    chosen_attn, attn_bytes = part(lambda r: r not in (Role.SHARED, Role.FFN))
     choice = choice[:n]
     expert_bytes = int(items.sizes[rows, choice].sum())
     plan.extra = {
@@ -548,6 +590,7 @@ def allocate(
         "routed_expert_bytes": expert_bytes,
         **({"attention_bytes": attn_bytes} if chosen_attn else {}),
         **({"shared_expert_bytes": shared_bytes} if chosen_shared else {}),
+        **({"dense_ffn_bytes": dense_bytes} if chosen_dense else {}),
         "routed_expert_bpw": round(8.0 * expert_bytes / int(items.params.sum()), 4),
         "solver": {"status": status, "gap": gap},
         "stats_data": stats.manifest.get("data"),
@@ -579,4 +622,6 @@ def allocate(
         notes,
         chosen_shared,
         shared_bytes,
+        chosen_dense,
+        dense_bytes,
     )

@@ -75,6 +75,35 @@ class ModelLayout:
 
         return planned_sizes(self.conv, plan, check_imatrix=False)
 
+    def part_bytes(self, plan: QuantPlan) -> dict[str, int]:
+        """Tensor bytes of the text file by part (no headers), as pack stores them for `plan`."""
+        from mode_edge.gguf.pack import resolve_types
+
+        names = {
+            Role.EXPERT: "routed experts",
+            Role.SHARED: "shared experts",
+            Role.FFN: "dense-layer FFNs",
+            Role.ATTN: "attention",
+            Role.EMBED: "token embedding",
+            Role.OUTPUT: "output head",
+        }
+        out: dict[str, int] = {}
+        for spec in self.text_specs:
+            what = names.get(spec.role)
+            if what is None:
+                continue
+            t = resolve_types(spec, plan)
+            rows = 1
+            for d in spec.shape[:-1]:
+                rows *= d
+            per = [t] * spec.n_expert if spec.role == Role.EXPERT and not isinstance(t, list) else t
+            if isinstance(per, list):
+                b = sum(rows // len(per) * row_bytes(x, spec.row_size) for x in per)
+            else:
+                b = rows * row_bytes(per, spec.row_size)
+            out[what] = out.get(what, 0) + b
+        return out
+
     def kv_cache_bytes(self, n_ctx: int) -> int:
         if n_ctx <= 0:
             return 0

@@ -31,7 +31,9 @@ def parts(alloc: Allocation) -> list[tuple[str, int]]:
     chosen = [("attention (chosen by the ILP)", alloc.attn_bytes)] if alloc.attn_types else []
     if alloc.shared_types:
         chosen.append(("shared experts (chosen by the ILP)", alloc.shared_bytes))
-    dense = alloc.attn_bytes + alloc.shared_bytes
+    if alloc.dense_types:
+        chosen.append(("dense-layer FFNs (chosen by the ILP)", alloc.dense_bytes))
+    dense = alloc.attn_bytes + alloc.shared_bytes + alloc.dense_bytes
     return [
         ("routed experts", alloc.expert_bytes),
         *chosen,
@@ -56,12 +58,12 @@ def histogram(alloc: Allocation) -> list[tuple[str, int, int]]:
 
 
 def bits_grid(alloc: Allocation, stats: ExpertStats) -> np.ndarray:
-    """[layers, experts] bits per weight of each expert (params-weighted over its projections)."""
-    L, E = len(stats.layers), int(stats.manifest["n_experts"])
+    """[MoE layers, experts] bits per weight of each expert (params-weighted over its projections)."""
+    L, E = len(stats.moe_layers), int(stats.manifest["n_experts"])
     hidden, ff = int(stats.manifest["hidden"]), int(stats.manifest["expert_ff"])
     row_size = (hidden, hidden, ff)
     grid = np.zeros((L, E))
-    row_of = {layer: i for i, layer in enumerate(sorted(stats.layers))}
+    row_of = {layer: i for i, layer in enumerate(stats.moe_layers)}
     for (layer, e, projs), c in zip(alloc.items.keys, alloc.choice):
         t = alloc.candidates[c]
         for p in projs:
@@ -93,29 +95,29 @@ def _ramp(v: float, stops) -> tuple[int, int, int]:
     return stops[-1][1]
 
 
-def shared_bits(alloc: Allocation, stats: ExpertStats) -> np.ndarray | None:
-    """[layers] bits per weight of each layer's shared expert (its three matrices averaged), or
-    None for a model without shared experts."""
-    listed = stats.manifest.get("shared_tensors")
-    if not listed:
-        return None
+def part_bits(alloc: Allocation, stats: ExpertStats, listed_key: str) -> dict[int, float]:
+    """{layer: bits per weight} of each layer's shared expert (listed_key "shared_tensors") or
+    dense FFN ("dense_tensors"), its three matrices averaged; empty where the model has none."""
     plan = alloc.plan
-    out = []
-    for li in sorted(stats.layers):
-        types = [plan.tensors.get(n, plan.default) for n, _ in listed[str(li)]]
-        out.append(float(np.mean([bits_per_weight(t) for t in types])))
-    return np.array(out)
+    out = {}
+    for li, names in (stats.manifest.get(listed_key) or {}).items():
+        types = [plan.tensors.get(n, plan.default) for n, _ in names]
+        out[int(li)] = float(np.mean([bits_per_weight(t) for t in types]))
+    return out
 
 
 def write_png(path: Path, alloc: Allocation, stats: ExpertStats, title: str) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
+    moe = stats.moe_layers
     bits = bits_grid(alloc, stats)
-    shared = shared_bits(alloc, stats)
-    layers = sorted(stats.layers)
-    f_t = np.stack([normalised(stats.layers[li]["counts"][TEXT]) for li in layers])
-    f_v = np.stack([normalised(stats.layers[li]["counts"][KEY]) for li in layers])
-    L, E = bits.shape
+    shared = part_bits(alloc, stats, "shared_tensors") or None
+    dense = part_bits(alloc, stats, "dense_tensors")
+    f_t = np.stack([normalised(stats.layers[li]["counts"][TEXT]) for li in moe])
+    f_v = np.stack([normalised(stats.layers[li]["counts"][KEY]) for li in moe])
+    # one row per decoder layer: a dense layer's row is one bar in its FFN's bits, labelled
+    row = {li: k for k, li in enumerate(moe)}
+    L, E = len(stats.layers), bits.shape[1]
     cw = max(2, min(16, 640 // E))
     ch = max(2, min(16, 480 // L))
     pw, ph = cw * E, ch * L
@@ -134,18 +136,20 @@ def write_png(path: Path, alloc: Allocation, stats: ExpertStats, title: str) -> 
         x0 = left + k * (pw + gap) + (sw if k else 0)
         d.text((x0, top - 14), name, fill="black", font=font)
         for li in range(L):
+            y0, y1 = top + li * ch, top + (li + 1) * ch - 1
+            if li not in row:  # a dense layer: no routed experts
+                fill = _ramp(dense[li], _BITS_RAMP) if k == 0 and li in dense else (225, 225, 225)
+                d.rectangle([x0, y0, x0 + pw - 1, y1], fill=fill)
+                if ch >= 10:
+                    d.text((x0 + 2, y0), "dense FFN" if k == 0 else "dense layer", fill="black", font=font)
+                continue
             for e in range(E):
-                d.rectangle(
-                    [x0 + e * cw, top + li * ch, x0 + (e + 1) * cw - 1, top + (li + 1) * ch - 1],
-                    fill=colour(li, e),
-                )
+                d.rectangle([x0 + e * cw, y0, x0 + (e + 1) * cw - 1, y1], fill=colour(row[li], e))
     if shared is not None:
         x0 = left + pw + 8
         d.text((x0, top - 14), "shared", fill="black", font=font)
-        for li in range(L):
-            d.rectangle(
-                [x0, top + li * ch, x0 + sw - 16, top + (li + 1) * ch - 1], fill=_ramp(shared[li], _BITS_RAMP)
-            )
+        for li, b in shared.items():
+            d.rectangle([x0, top + li * ch, x0 + sw - 16, top + (li + 1) * ch - 1], fill=_ramp(b, _BITS_RAMP))
     d.text((4, top), "layer", fill="black", font=font)
     d.text(
         (left, top + ph + 4),

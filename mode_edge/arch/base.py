@@ -81,7 +81,8 @@ class Architecture(ABC):
 
 
 class LayerParts(NamedTuple):
-    """The modules of one decoder layer that calibration hooks."""
+    """The modules of one decoder layer that calibration hooks. In a dense (non-MoE) layer,
+    `moe` is its FFN (what gate/up read is its first input) and router/experts are None."""
 
     attention: Any  # called with hidden_states= and position_embeddings= keywords
     moe: Any  # the MoE block; its first input is the routed tokens' hidden state
@@ -188,6 +189,20 @@ class Calibration(ABC):
     @abstractmethod
     def gguf_expert_names(self, il: int) -> tuple[str, str, str]:
         """GGUF names of layer il's gate, up and down expert tensors."""
+
+    def is_moe(self, il: int) -> bool:
+        """Whether decoder layer il has routed experts; a dense layer's FFN is one ILP item per
+        matrix (dense_weights, dense_names) like a shared expert."""
+        return True
+
+    def dense_weights(self, mlp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        """A dense layer's FFN (LayerParts.moe there): (gate [I, H], up [I, H], down [H, I]) and
+        activation."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense layers")
+
+    def dense_names(self, il: int) -> tuple[str, str, str]:
+        """GGUF names of dense layer il's gate, up and down tensors."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense layers")
 
     def shared_expert_weights(self, shared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
         """The shared expert's (gate [Is, H], up [Is, H], down [H, Is]) and activation (for an

@@ -42,6 +42,7 @@ from mode_edge.signals import (
     GAMMA_REPORTED,
     IMPORTANCES,
     AttentionRecorder,
+    DenseFFNRecorder,
     LayerRecorder,
     SharedExpertRecorder,
     key_scores,
@@ -172,23 +173,21 @@ def _look_ahead(cal, acts: Activations, rendered, states, start: int, key_fn) ->
     return first, mods
 
 
-def _shared_add(cal, srec, shared, x: torch.Tensor, mod: torch.Tensor) -> None:
-    """The shared expert's inputs of one sample: what gate/up read (x) and what down reads."""
-    wg, wu, _, act = cal.shared_expert_weights(shared)
+def _ffn_add(rec, weights, x: torch.Tensor, mod: torch.Tensor) -> None:
+    """A shared expert's or dense FFN's inputs of one sample: what gate/up read (x) and what down
+    reads. weights: (gate, up, down, activation)."""
+    wg, wu, _, act = weights
     with torch.no_grad():
         mid = act(x @ wg.T.float()) * (x @ wu.T.float())
-    srec.add("shexp_in", x, mod)
-    srec.add("shexp_mid", mid, mod)
+    rec.add(rec.inputs[0], x, mod)
+    rec.add(rec.inputs[1], mid, mod)
 
 
-def _shared_finish(cal, srec, shared, il: int, types) -> dict:
-    """The shared expert's sensitivity arrays (a function, so no reference to its weights outlives
-    the layer)."""
-    wg, wu, wd, _ = cal.shared_expert_weights(shared)
-    names = cal.shared_expert_names(il)
-    return srec.finish(
-        [(names[0], wg, "shexp_in"), (names[1], wu, "shexp_in"), (names[2], wd, "shexp_mid")], types
-    )
+def _ffn_finish(rec, weights, names, types) -> dict:
+    """Its sensitivity arrays (a function, so no reference to its weights outlives the layer)."""
+    wg, wu, wd, _ = weights
+    inp, mid = rec.inputs
+    return rec.finish([(names[0], wg, inp), (names[1], wu, inp), (names[2], wd, mid)], types)
 
 
 def _finished_with(out_dir: Path, identity: dict) -> bool:
@@ -278,23 +277,36 @@ def calibrate(
             _, key_mods = _look_ahead(cal, acts, rendered, states, il, key_fn)
         layer = cal.load_layer(il)
         attn, moe, router, experts, shared = cal.parts(layer)
+        is_moe = cal.is_moe(il)  # a dense layer: `moe` is its FFN, measured like a shared expert
         softmax = cal.softmax_attention(il)
         attn, seen, attn_hook = _attention_seen(cal, layer)
         hooks = [  # each hook binds this layer's `seen` (the name is dropped after the layer)
             attn_hook,
             moe.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("moe_in", a[0])),
-            router.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__("router", o)),
             cal.attention_output(attn).register_forward_pre_hook(
                 lambda m, a, seen=seen: seen.__setitem__("o_in", a[0])
             ),
         ]
+        if is_moe:
+            hooks.append(
+                router.register_forward_hook(lambda m, a, o, seen=seen: seen.__setitem__("router", o))
+            )
         arec = AttentionRecorder()
         srec = SharedExpertRecorder() if shared is not None else None
+        drec = None if is_moe else DenseFFNRecorder()
         o_order = cal.o_in_order(il)
-        rec = LayerRecorder(cal.n_experts, cal.hidden, cal.expert_ff, opts.cap, seed=opts.seed * 100003 + il)
-        # statistics are taken on the CPU: a CPU copy of the experts when layers run elsewhere
-        cpu_experts = experts if opts.device == "cpu" else _cpu_copy(experts)
-        cpu_shared = None if shared is None else (shared if opts.device == "cpu" else _cpu_copy(shared))
+        rec = (
+            LayerRecorder(cal.n_experts, cal.hidden, cal.expert_ff, opts.cap, seed=opts.seed * 100003 + il)
+            if is_moe
+            else None
+        )
+
+        def on_cpu(module):  # statistics are taken on the CPU: a copy when layers run elsewhere
+            return None if module is None else (module if opts.device == "cpu" else _cpu_copy(module))
+
+        cpu_experts = on_cpu(experts)
+        cpu_shared = None if shared is None else cal.shared_expert_weights(on_cpu(shared))
+        cpu_dense = None if is_moe else cal.dense_weights(on_cpu(moe))
 
         def experts_fn(e, experts=cpu_experts):
             return cal.expert_weights(experts, e)
@@ -304,18 +316,21 @@ def calibrate(
         for i, (r, s) in enumerate(zip(rendered, states)):
             s["hidden"] = acts.get(i)
             s_next = cal.run_layer(layer, il, s)
-            indices, weights, probs = cal.routing(seen["router"])
             mod = key_fn(r, seen["attn"], attn) if softmax else key_mods[i]
             new_mods.append(mod)
             x = seen["moe_in"].reshape(-1, cal.hidden).cpu()
             full = i < opts.samples  # the samples past --samples only count routing (--count-samples)
-            rec.add(x, indices.cpu(), weights.cpu(), mod, experts_fn, probs.cpu(), counts_only=not full)
+            if is_moe:
+                indices, weights, probs = cal.routing(seen["router"])
+                rec.add(x, indices.cpu(), weights.cpu(), mod, experts_fn, probs.cpu(), counts_only=not full)
             if full:
                 arec.add("attn_in", seen["attn"][0], mod)
                 o_in = seen["o_in"] if o_order is None else seen["o_in"][..., torch.from_numpy(o_order)]
                 arec.add("o_in", o_in, mod)
                 if srec is not None:
-                    _shared_add(cal, srec, cpu_shared, x, mod)
+                    _ffn_add(srec, cpu_shared, x, mod)
+                if drec is not None:
+                    _ffn_add(drec, cpu_dense, x, mod)
                 del o_in
             acts.put(i, s_next.cpu())
             del s["hidden"], s_next, x
@@ -323,10 +338,16 @@ def calibrate(
                 progress.on_sample(il, len(r.input_ids))
         for h in hooks:
             h.remove()
-        arrays = rec.finish(experts_fn, types, opts.probes, default_threads(), gamma=gamma["gamma"])
+        arrays = (
+            rec.finish(experts_fn, types, opts.probes, default_threads(), gamma=gamma["gamma"])
+            if is_moe
+            else {}
+        )
         arrays.update(arec.finish(cal.attention_matrices(attn, il), types))
         if srec is not None:
-            arrays.update(_shared_finish(cal, srec, cpu_shared, il, types))
+            arrays.update(_ffn_finish(srec, cpu_shared, cal.shared_expert_names(il), types))
+        if drec is not None:
+            arrays.update(_ffn_finish(drec, cpu_dense, cal.dense_names(il), types))
         save_arrays_atomic(partial / f"layer-{il:03d}.safetensors", arrays)
         if softmax:
             key_mods = new_mods
@@ -335,8 +356,8 @@ def calibrate(
         write_json_atomic(state_path, {"identity": identity, "next_layer": il + 1, **acts.end_layer()})
         # drop every reference to this layer before the next one loads (the closure and the
         # CPU copy of its experts would otherwise keep two layers resident)
-        del layer, attn, moe, router, experts, shared, cpu_experts, cpu_shared, experts_fn
-        del rec, arec, srec, seen, hooks, arrays
+        del layer, attn, moe, router, experts, shared, cpu_experts, cpu_shared, cpu_dense, experts_fn
+        del rec, arec, srec, drec, seen, hooks, arrays
         if progress.on_layer_done:
             progress.on_layer_done(il)
         if stop_after_layer is not None and il >= stop_after_layer:
@@ -372,6 +393,7 @@ def _finish(
     from safetensors.numpy import load_file
 
     layers = {il: load_file(str(partial / f"layer-{il:03d}.safetensors")) for il in range(cal.n_layers)}
+    moe = [il for il in range(cal.n_layers) if cal.is_moe(il)]
     n_img = sum(int(cal.image_mask(r.input_ids).sum()) for r in rendered)
     n_tok = sum(len(r.input_ids) for r in rendered)
     manifest = {
@@ -392,15 +414,22 @@ def _finish(
         "gamma": gamma["gamma"],
         "gamma_info": gamma,
         "tokens": {"total": n_tok, "image": n_img, "text": n_tok - n_img},
-        "gguf_names": {str(il): list(cal.gguf_expert_names(il)) for il in range(cal.n_layers)},
+        "moe_layers": moe,
+        "gguf_names": {str(il): list(cal.gguf_expert_names(il)) for il in moe},
         "attn_tensors": {str(il): [list(x) for x in cal.attention_names(il)] for il in range(cal.n_layers)},
     }
-    if "shexp_sensitivity" in layers[0]:
-        inputs = ("shexp_in", "shexp_in", "shexp_mid")
-        manifest["shared_tensors"] = {
-            str(il): [[n, k] for n, k in zip(cal.shared_expert_names(il), inputs)]
+    for key, prefix, names in (
+        ("shared_tensors", "shexp", cal.shared_expert_names),
+        ("dense_tensors", "dense", cal.dense_names),
+    ):
+        inputs = (f"{prefix}_in", f"{prefix}_in", f"{prefix}_mid")
+        listed = {
+            str(il): [[n, k] for n, k in zip(names(il), inputs)]
             for il in range(cal.n_layers)
+            if f"{prefix}_sensitivity" in layers[il]
         }
+        if listed:
+            manifest[key] = listed
     stats = ExpertStats(manifest, layers)
     stats.save(out_dir)
     method_imatrix(stats, "plain").save(out_dir / IMATRIX_FILE)

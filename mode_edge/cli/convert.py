@@ -73,6 +73,11 @@ def convert(
         "--shared-type",
         help="With --budget: shared-expert type, or auto (default: auto for mode methods, else --other).",
     ),
+    dense: Optional[str] = typer.Option(
+        None,
+        "--dense-type",
+        help="With --budget: type of dense (non-MoE) layers' FFNs, or auto (default as --shared-type).",
+    ),
     context: int = typer.Option(
         0, "--context", help="With --budget: reserve the KV cache of this many tokens."
     ),
@@ -110,6 +115,7 @@ def convert(
             other=other,
             attn=attn,
             shared=shared,
+            dense=dense,
             context=context,
             device=device,
         )
@@ -153,6 +159,7 @@ def _convert_budget(
     other: str,
     attn: Optional[str],
     shared: Optional[str],
+    dense: Optional[str],
     context: int,
     device: str,
 ) -> None:
@@ -169,7 +176,13 @@ def _convert_budget(
     type_list = [t.strip().upper() for t in types.split(",")] if types else [t.name for t in LADDER]
     cal_opts = CalibrationOptions(samples=samples, seed=seed, types=type_list, device=device)
     alloc_opts = AllocOptions(
-        method=method, granularity=granularity, other=other, attn=attn, shared=shared, context=context
+        method=method,
+        granularity=granularity,
+        other=other,
+        attn=attn,
+        shared=shared,
+        dense=dense,
+        context=context,
     )
     stage_names = {
         "calibrate": "[1/3] calibrating (reused when model, data and options are unchanged)",

@@ -36,6 +36,16 @@ def inspect(
     for name, v in info["types"].items():
         table.add_row(name, str(v["tensors"]), human(v["bytes"]), f"{100 * v['bytes'] / total:.1f}%")
     out.print(table)
+    if info["dense_layers"]:
+        out.print(f"dense layers  {', '.join(map(str, info['dense_layers']))} (no routed experts)")
+    if any(k != "other" for k in info["parts"]):
+        parts = Table("part", "tensors", "types", "bytes", "share", title="by part")
+        for name, v in info["parts"].items():
+            types = "  ".join(f"{t}×{n}" for t, n in sorted(v["types"].items()))
+            parts.add_row(
+                name, str(v["tensors"]), types, human(v["bytes"]), f"{100 * v['bytes'] / total:.1f}%"
+            )
+        out.print(parts)
     if info["experts"]:
         mixed = any(len(c) > 1 for c in info["experts"].values())
         title = "experts per type (expert groups)" if mixed else "experts per type"

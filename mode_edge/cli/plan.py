@@ -72,6 +72,12 @@ def plan_cmd(
         help="Type of the shared experts (models that have them), or auto: ILP items priced by "
         "their measured sensitivity (default: auto with a byte budget and a mode method, else --other).",
     ),
+    dense: Optional[str] = typer.Option(
+        None,
+        "--dense-type",
+        help="Type of the FFNs of dense (non-MoE) layers (models that have them, e.g. GLM-4.5V's "
+        "first layer), or auto: ILP items as --shared-type (the same default).",
+    ),
     mmproj: str = typer.Option("F16", "--mmproj-type", help="Type of the vision projector's matrices."),
     context: int = typer.Option(
         0, "--context", help="Reserve the KV cache of this many tokens in a byte budget."
@@ -115,6 +121,7 @@ def plan_cmd(
         other=other,
         attn=attn,
         shared=shared,
+        dense=dense,
         mmproj=mmproj,
         context=context,
         method_options={

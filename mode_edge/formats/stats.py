@@ -22,6 +22,12 @@
                                 [3, n_types, 3]   the same for the shared expert's gate, up and
                                                   down, where the model has one (manifest
                                                   shared_tensors)
+        layer.{l}.dense_tokens, dense_in_sq [3, H], dense_mid_sq [3, I], dense_sensitivity
+                                [3, n_types, 3]   the same for a dense (non-MoE) layer's FFN
+                                                  (manifest dense_tensors)
+
+Routed-expert arrays (counts ... hessian_norm, key_tokens) exist only for the MoE layers
+(manifest moe_layers, all layers when absent); a dense layer has the attention and dense_ ones.
     STATS_DIR/imatrix.gguf            plain importance matrix (llama.cpp format) for pack
 
 Modalities are ("text", "vision_key", "vision_red"); vision = key + redundant. The manifest
@@ -68,6 +74,12 @@ class ExpertStats:
     @property
     def types(self) -> list[str]:
         return self.manifest["types"]
+
+    @property
+    def moe_layers(self) -> list[int]:
+        """The decoder layers with routed experts (every layer unless the manifest lists them)."""
+        listed = self.manifest.get("moe_layers")
+        return sorted(self.layers) if listed is None else [int(x) for x in listed]
 
     def sensitivity(self, layer: int, importance: str) -> np.ndarray:
         """[E, 4, n_types, 3] the experts' errors when quantized with `importance`."""
@@ -135,9 +147,13 @@ def _check(manifest: dict, layers: dict[int, dict[str, np.ndarray]], mpath: Path
         )
     except (TypeError, ValueError):
         raise refuse("a count is not a number") from None
-    if sorted(layers) != list(range(n_layers)) or sorted(manifest["gguf_names"]) != sorted(map(str, layers)):
+    moe = manifest.get("moe_layers", list(range(n_layers)))
+    if not isinstance(moe, list) or not all(isinstance(x, int) and 0 <= x < n_layers for x in moe):
+        raise refuse("moe_layers is not a list of layer numbers")
+    if sorted(layers) != list(range(n_layers)) or sorted(manifest["gguf_names"]) != sorted(map(str, moe)):
         raise refuse(f"{n_layers} layers listed, {len(layers)} stored")
-    for il, d in layers.items():
+    for il in moe:
+        d = layers[il]
         if "counts" not in d or "sensitivity" not in d or d["counts"].shape != (3, n_exp):
             raise refuse(f"layer {il}'s counts are not [3, {n_exp}]")
         if d["sensitivity"].shape[1] != n_exp or d["sensitivity"].shape[3] != n_types:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,35 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
 from mode_edge.errors import UserError
-from mode_edge.formats.groups import GROUPS_KEY, expert_types
+from mode_edge.formats.groups import GROUP_RE, GROUPS_KEY, expert_types
+
+#: parts of a text model by llama.cpp's tensor names (its MODEL_TENSOR naming), in display order
+PARTS = (
+    ("routed experts", re.compile(r"^blk\.\d+\.ffn_(gate|up|down|gate_up)_exps\.")),
+    ("shared experts", re.compile(r"^blk\.\d+\.ffn_(gate|up|down)_shexp\.")),
+    ("dense-layer FFNs", re.compile(r"^blk\.\d+\.ffn_(gate|up|down)\.weight$")),
+    ("attention", re.compile(r"^blk\.\d+\.(attn_|ssm_)")),
+    ("embedding and output", re.compile(r"^(token_embd|output)\.")),
+)
+
+
+def part_of(name: str) -> str:
+    """A tensor's part (PARTS), or "other" (norms, routers, biases, the vision tower)."""
+    m = GROUP_RE.match(name)
+    base = m["base"] + "." if m else name
+    return next((what for what, rx in PARTS if rx.match(base)), "other")
+
+
+def dense_layers(names: list[str]) -> list[int]:
+    """Blocks with a dense FFN and no router: the dense (non-MoE) layers."""
+    blocks = {int(n.split(".")[1]) for n in names if n.startswith("blk.")}
+
+    def has(b: int, t: str) -> bool:
+        return any(n.startswith(f"blk.{b}.{t}.") for n in names)
+
+    return sorted(
+        b for b in blocks if (has(b, "ffn_gate") or has(b, "ffn_up")) and not has(b, "ffn_gate_inp")
+    )
 
 
 def field_value(reader: GGUFReader, key: str) -> Any:
@@ -41,11 +70,16 @@ def summarize(path: Path) -> dict[str, Any]:
     arch = field_value(reader, "general.architecture")
     counts: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
+    parts: dict[str, dict[str, Any]] = {}
     n_params = 0
     for t in reader.tensors:
         counts[t.tensor_type.name] += 1
         sizes[t.tensor_type.name] += int(t.n_bytes)
         n_params += int(t.n_elements)
+        p = parts.setdefault(part_of(t.name), {"tensors": 0, "bytes": 0, "types": Counter()})
+        p["tensors"] += 1
+        p["bytes"] += int(t.n_bytes)
+        p["types"][t.tensor_type.name] += 1
     keys = [
         "general.name",
         "general.file_type",
@@ -66,6 +100,12 @@ def summarize(path: Path) -> dict[str, Any]:
             k: {"tensors": counts[k], "bytes": sizes[k]} for k in sorted(counts, key=lambda k: -sizes[k])
         },
         "metadata": {k: field_value(reader, k) for k in keys if reader.get_field(k) is not None},
+        "parts": {
+            k: {**parts[k], "types": dict(parts[k]["types"])}
+            for k in [*(w for w, _ in PARTS), "other"]
+            if k in parts
+        },
+        "dense_layers": dense_layers([t.name for t in reader.tensors]),
         "expert_groups": field_value(reader, GROUPS_KEY),
         "experts": experts,
     }

@@ -12,6 +12,7 @@ API = {
     "select_key_tokens": "keytokens",
     "AttentionRecorder": "attention",
     "SharedExpertRecorder": "attention",
+    "DenseFFNRecorder": "attention",
     "LayerRecorder": "recorder",
 }
 __all__ = sorted(API)

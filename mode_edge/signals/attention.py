@@ -1,4 +1,4 @@
-"""Dense matrices' own statistics (attention, shared experts), so the allocator can choose
+"""Dense matrices' own statistics (attention, shared experts, dense layers' FFNs), so the allocator can choose
 their types too: every token passes them (frequency 1 in each modality).
 
 Per layer and modality (text, key vision, redundant vision): sum of x^2 of each input the
@@ -22,6 +22,7 @@ from mode_edge.signals.sensitivity import stored
 
 INPUTS = ("attn_in", "o_in")  # what q/k/v read, what o_proj reads
 SHARED_INPUTS = ("shexp_in", "shexp_mid")  # what the shared gate/up read, what its down reads
+DENSE_INPUTS = ("dense_in", "dense_mid")  # the same for a dense (non-MoE) layer's FFN
 
 
 class MatrixRecorder:
@@ -74,3 +75,8 @@ class AttentionRecorder(MatrixRecorder):
 class SharedExpertRecorder(MatrixRecorder):
     def __init__(self):
         super().__init__("shexp", SHARED_INPUTS)
+
+
+class DenseFFNRecorder(MatrixRecorder):
+    def __init__(self):
+        super().__init__("dense", DENSE_INPUTS)

@@ -9,7 +9,8 @@ Calibration measures every expert's error under each importance (so a method's I
 file it will write) and `plan` writes the method's importance for pack, both through
 `expert_entries`: the same float32 sums and counts, so the quantizer sees identical numbers.
 Entries are (sum, count) pairs in llama-imatrix's format; the quantizer uses their ratio.
-Attention matrices and shared experts get the plain mean over all tokens in every method.
+Attention matrices, shared experts and dense layers' FFNs get the plain mean over all tokens in
+every method.
 """
 
 from __future__ import annotations
@@ -45,14 +46,21 @@ def expert_entries(
 
 def method_imatrix(stats, kind: str, gamma: float = 1.0) -> Imatrix:
     entries = {}
+    moe = set(stats.moe_layers)
     for layer, d in stats.layers.items():
-        gate, up, down = stats.manifest["gguf_names"][str(layer)]
-        inp, mid = expert_entries(kind, d["in_sq"], d["mid_sq"], d["counts"], d["weight_sums"], gamma)
-        entries[gate] = inp
-        entries[up] = ImatrixEntry(inp.in_sum2.copy(), inp.counts.copy())
-        entries[down] = mid
-        # attention matrices and shared experts: every token, unweighted (as their sensitivity was measured)
-        for prefix, listed in (("attn", "attn_tensors"), ("shexp", "shared_tensors")):
+        if layer in moe:
+            gate, up, down = stats.manifest["gguf_names"][str(layer)]
+            inp, mid = expert_entries(kind, d["in_sq"], d["mid_sq"], d["counts"], d["weight_sums"], gamma)
+            entries[gate] = inp
+            entries[up] = ImatrixEntry(inp.in_sum2.copy(), inp.counts.copy())
+            entries[down] = mid
+        # attention, shared experts and dense FFNs: every token, unweighted (as their sensitivity
+        # was measured)
+        for prefix, listed in (
+            ("attn", "attn_tensors"),
+            ("shexp", "shared_tensors"),
+            ("dense", "dense_tensors"),
+        ):
             n = np.array([d[f"{prefix}_tokens"].sum()], dtype=np.float32) if f"{prefix}_tokens" in d else None
             for name, src in stats.manifest.get(listed, {}).get(str(layer), []):
                 entries[name] = ImatrixEntry(d[f"{src}_sq"].sum(0, keepdims=True).astype(np.float32), n)
