@@ -13,6 +13,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 # Qwen2/Qwen3's split regex (what llama.cpp calls the "qwen2" pre-tokenizer).
 QWEN_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# Llama 3's (GLM-4.5's too; llama.cpp's "llama-bpe" / "glm4"): digits in runs of up to 3
+LLAMA3_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 # Qwen3.5's (llama.cpp's "qwen35"): combining marks join letters
 QWEN35_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
@@ -76,9 +78,16 @@ def train_tiny_tokenizer(
     corpus: list[str] | None = None,
     regex: str = QWEN_PRETOKENIZE_REGEX,
     extra_special: tuple[str, ...] = (),
+    specials: list[str] | None = None,
+    ignore_merges: bool = False,
 ) -> Tokenizer:
-    """Train a byte-level BPE with Qwen's pre-tokenizer (or `regex`); specials get the last ids."""
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    """Train a byte-level BPE with Qwen's pre-tokenizer (or `regex`); specials (Qwen's unless
+    given) get the last ids. ignore_merges: whole words found in the vocabulary are one token
+    (Llama 3's and GLM's tokenizer.json; llama.cpp's llama-bpe and glm4 do the same)."""
+    specials = QWEN_SPECIAL_TOKENS if specials is None else specials
+    tok = Tokenizer(
+        models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False, ignore_merges=ignore_merges)
+    )
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -88,13 +97,13 @@ def train_tiny_tokenizer(
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(QWEN_SPECIAL_TOKENS) - len(extra_special),
+        vocab_size=vocab_size - len(specials) - len(extra_special),
         min_frequency=1,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator((corpus or _DEFAULT_CORPUS) * 4, trainer=trainer)
-    tok.add_special_tokens(QWEN_SPECIAL_TOKENS + list(extra_special))
+    tok.add_special_tokens(list(specials) + list(extra_special))
     return tok
 
 
@@ -106,6 +115,7 @@ def save_tokenizer(
     extra_special: tuple[str, ...] = (),
     chat_template: str = QWEN_VL_CHAT_TEMPLATE,
     config_extra: dict | None = None,
+    specials: list[str] | None = None,
 ) -> dict[str, int]:
     """Write tokenizer.json, tokenizer_config.json and chat_template.jinja as Qwen does.
 
@@ -122,7 +132,7 @@ def save_tokenizer(
             "single_word": False,
             "special": True,
         }
-        for t in QWEN_SPECIAL_TOKENS + list(extra_special)
+        for t in (QWEN_SPECIAL_TOKENS if specials is None else specials) + list(extra_special)
     }
     config = {
         # transformers 5 builds the pre-tokenizer from the class, not from tokenizer.json
@@ -140,4 +150,7 @@ def save_tokenizer(
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "chat_template.jinja").write_text(chat_template)
-    return {t: tok.token_to_id(t) for t in QWEN_SPECIAL_TOKENS + list(extra_special)}
+    return {
+        t: tok.token_to_id(t)
+        for t in (QWEN_SPECIAL_TOKENS if specials is None else specials) + list(extra_special)
+    }

@@ -404,6 +404,7 @@ class Qwen3VLMoeCalibration(Calibration):
         "layer": "Qwen3VLMoeTextDecoderLayer",
         "norm": "Qwen3VLMoeTextRMSNorm",
     }
+    EXPERTS_ATTR = "num_experts"  # the text config's routed-expert count
 
     def __init__(self, conv: Qwen3VLMoe, attn_implementation: str = "sdpa", device: str = "cpu"):
         import importlib
@@ -423,7 +424,7 @@ class Qwen3VLMoeCalibration(Calibration):
         tc = self.config.text_config
         self.n_layers, self.n_experts, self.top_k = (
             tc.num_hidden_layers,
-            tc.num_experts,
+            getattr(tc, self.EXPERTS_ATTR),
             tc.num_experts_per_tok,
         )
         self.hidden, self.expert_ff = tc.hidden_size, tc.moe_intermediate_size

@@ -15,8 +15,12 @@ from gguf import GGUFWriter, TokenType
 from mode_edge.errors import UserError
 from mode_edge.files import read_json
 
+#: Llama 3's split regex, which GLM-4.5 uses too (llama.cpp: llama-bpe, or glm4 for GLM)
+LLAMA3_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
 # tokenizer.json Split regex -> llama.cpp pre-tokenizer name
 KNOWN_PRE_TOKENIZERS = {
+    LLAMA3_REGEX: "llama-bpe",
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""": "qwen2",
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""": "qwen35",
 }
@@ -33,11 +37,14 @@ def _split_regexes(pre: dict | None) -> list[str]:
     return []
 
 
-def detect_pre_tokenizer(tokenizer_json: dict) -> str:
+def detect_pre_tokenizer(tokenizer_json: dict, pre_names: dict[str, str] | None = None) -> str:
+    """llama.cpp's name for the tokenizer's split regex; pre_names: an architecture's own names
+    for regexes several pre-tokenizers share (GLM: Llama 3's regex is glm4)."""
+    known = {**KNOWN_PRE_TOKENIZERS, **(pre_names or {})}
     regexes = _split_regexes(tokenizer_json.get("pre_tokenizer"))
     for r in regexes:
-        if r in KNOWN_PRE_TOKENIZERS:
-            return KNOWN_PRE_TOKENIZERS[r]
+        if r in known:
+            return known[r]
     raise UserError(
         "the tokenizer's pre-tokenizer regex is not one llama.cpp implements under a known name"
         + (f" (found {regexes[0][:60]!r}…)" if regexes else " (no Split regex in tokenizer.json)"),
@@ -67,11 +74,19 @@ def read_chat_template(model_dir: Path, tok_config: dict) -> str | None:
     return None
 
 
-def add_bpe_vocab(w: GGUFWriter, model_dir: Path, n_vocab: int) -> None:
+def add_bpe_vocab(
+    w: GGUFWriter,
+    model_dir: Path,
+    n_vocab: int,
+    pre_names: dict[str, str] | None = None,
+    special: dict[str, str] | None = None,
+) -> None:
     """Write tokens, types, merges, special ids, pre-tokenizer and chat template.
 
     n_vocab is the embedding's row count; ids the tokenizer does not use become unused
-    padding tokens so that llama.cpp's vocab matches the tensor shapes.
+    padding tokens so that llama.cpp's vocab matches the tensor shapes. special: an
+    architecture's own special tokens by llama.cpp role (bos, eot, eom) and content, as
+    llama.cpp's converter sets them (a token the vocabulary lacks is an error).
     """
     tj_path = model_dir / "tokenizer.json"
     if not tj_path.is_file():
@@ -116,7 +131,7 @@ def add_bpe_vocab(w: GGUFWriter, model_dir: Path, n_vocab: int) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(detect_pre_tokenizer(tj))
+    w.add_tokenizer_pre(detect_pre_tokenizer(tj, pre_names))
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
@@ -126,6 +141,18 @@ def add_bpe_vocab(w: GGUFWriter, model_dir: Path, n_vocab: int) -> None:
         return vocab.get(content) if content else None
 
     eos, pad, bos = tok_id("eos_token"), tok_id("pad_token"), tok_id("bos_token")
+    special = dict(special or {})
+    for role, content in special.items():
+        if content not in vocab:
+            raise UserError(
+                f"the tokenizer lacks the special token {content!r}",
+                "the tokenizer does not belong to this model",
+            )
+    add_bos = bool(tok_config.get("add_bos_token", False)) and bos is not None
+    if "bos" in special:  # the architecture's BOS (GLM: [gMASK], in the template as text)
+        bos = vocab[special.pop("bos")]
+    for role, content in special.items():
+        getattr(w, f"add_{role}_token_id")(vocab[content])
     if eos is not None:
         w.add_eos_token_id(eos)
     if pad is not None:
@@ -134,7 +161,7 @@ def add_bpe_vocab(w: GGUFWriter, model_dir: Path, n_vocab: int) -> None:
         w.add_bos_token_id(bos)
     elif "<|endoftext|>" in vocab:  # Qwen has no BOS; llama.cpp wants an id, never added
         w.add_bos_token_id(vocab["<|endoftext|>"])
-    w.add_add_bos_token(bool(tok_config.get("add_bos_token", False)) and bos is not None)
+    w.add_add_bos_token(add_bos)
 
     template = read_chat_template(model_dir, tok_config)
     if template:
