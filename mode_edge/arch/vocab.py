@@ -142,7 +142,7 @@ def add_bpe_vocab(
 
     eos, pad, bos = tok_id("eos_token"), tok_id("pad_token"), tok_id("bos_token")
     special = dict(special or {})
-    for role, content in special.items():
+    for content in special.values():
         if content not in vocab:
             raise UserError(
                 f"the tokenizer lacks the special token {content!r}",

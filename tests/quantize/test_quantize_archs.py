@@ -1,6 +1,6 @@
 """The other architectures' files against llama.cpp's own quantizer: pure types and a preset, byte
 for byte (Qwen3.5-MoE: what llama-quantize keeps F32 in a hybrid model, the conv kernel, A, dt bias,
-both gates; InternVL3.5-MoE: qwen3moe)."""
+both gates; GLM-4.5V: a dense layer, the score-correction bias; InternVL3.5-MoE: qwen3moe)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ from gguf import GGMLQuantizationType as T
 
 from mode_edge.formats.plan import QuantPlan
 from mode_edge.gguf.export import export_model
-from testbed.tiny_qwen3_5_moe import build_tiny_model
+from testbed import tiny_glm4v_moe, tiny_qwen3_5_moe
 from tests.quantize.test_quantize import _ftype, _llama_quantize, _tensor_bytes
 
+BUILDERS = {
+    "qwen3_5_moe": lambda d: tiny_qwen3_5_moe.build_tiny_model(d, layout="fused"),
+    "glm4v_moe": tiny_glm4v_moe.build_tiny_model,  # a dense first layer: its FFN as llama-quantize types it
+}
 
-@pytest.fixture(scope="module")
-def q35_f32(tmp_path_factory):
-    d = build_tiny_model(tmp_path_factory.mktemp("q35q") / "tiny", layout="fused")
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def q35_f32(request, tmp_path_factory):
+    d = BUILDERS[request.param](tmp_path_factory.mktemp("q35q") / "tiny")
     return d, export_model(d, tmp_path_factory.mktemp("q35q-f32"), "f32").text_path
 
 
@@ -38,7 +43,10 @@ def test_pure_files_byte_identical_to_llama_quantize(q35_f32, qtype, tmp_path):
         model_dir, tmp_path / "ours", None, plan=QuantPlan(default=qtype), label="x"
     ).text_path
     ref = _same_bytes(ref_path, ours)
-    assert ref["blk.0.ffn_gate_inp.weight"][0] == T.F32 and ref["blk.0.ffn_down_exps.weight"][0] == qtype
+    moe = 1 if "blk.0.ffn_down.weight" in ref else 0  # GLM: layer 0 is dense
+    assert ref[f"blk.{moe}.ffn_gate_inp.weight"][0] == T.F32 and ref[f"blk.{moe}.ffn_down_exps.weight"][0] == qtype
+    if moe:
+        assert ref["blk.0.ffn_down.weight"][0] == qtype and ref["blk.1.exp_probs_b.bias"][0] == T.F32
     if "blk.0.ssm_a" in ref:  # qwen35moe
         for name in ("blk.0.ssm_conv1d.weight", "blk.0.ssm_a", "blk.0.ffn_gate_inp_shexp.weight"):
             assert ref[name][0] == T.F32, name
