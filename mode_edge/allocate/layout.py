@@ -77,7 +77,7 @@ class ModelLayout:
 
     def part_bytes(self, plan: QuantPlan) -> dict[str, int]:
         """Tensor bytes of the text file by part (no headers), as pack stores them for `plan`."""
-        from mode_edge.gguf.pack import resolve_types
+        from mode_edge.gguf import resolve_types
 
         names = {
             Role.EXPERT: "routed experts",

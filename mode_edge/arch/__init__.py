@@ -5,7 +5,7 @@ Importing this package imports every architecture file, so each registers itself
 
 from __future__ import annotations
 
-from mode_edge.arch import glm4v_moe, internvl_moe, qwen3_5_moe, qwen3_vl_moe  # noqa: F401  (each registers itself)
+from mode_edge.arch import glm4v_moe, internvl_moe, llama4, qwen3_5_moe, qwen3_vl_moe  # noqa: F401  (each registers itself)
 from mode_edge.arch.base import Architecture, Calibration, LayerParts
 from mode_edge.arch.registry import (
     architecture_for,

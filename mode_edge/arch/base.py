@@ -101,6 +101,8 @@ class Calibration(ABC):
     expert_ff: int
     tokenizer: Any
     image_token_id: int
+    #: the routing weight scales the expert's input instead of its output (Llama 4)
+    weights_scale_input: bool = False
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -164,6 +166,12 @@ class Calibration(ABC):
         that does not (linear attention) takes the key tokens of the nearest softmax layer before
         it; layers before the first softmax layer take that layer's (calibrate/runner.py)."""
         return True
+
+    def attention_chunk(self, il: int) -> int | None:
+        """Chunked attention (Llama 4's RoPE layers): a query sees only the keys of its own chunk
+        of this many positions; the key-token filter scores what the layer computes. None: the
+        whole causal prefix."""
+        return None
 
     def o_in_order(self, il: int) -> np.ndarray | None:
         """The column order the GGUF stores the attention output matrix in, where it is not the

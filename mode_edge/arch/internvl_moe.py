@@ -28,6 +28,7 @@ from gguf import MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, GGUFWriter, VisionProje
 
 from mode_edge.arch.qwen3_vl_moe import TEXT_PREFIX, Qwen3VLMoe, Qwen3VLMoeCalibration
 from mode_edge.arch.registry import register
+from mode_edge.arch.tiling import internvl_grids, mtmd_tiles
 from mode_edge.arch.vocab import add_bpe_vocab
 from mode_edge.errors import UserError
 from mode_edge.formats.checkpoint import Checkpoint
@@ -228,36 +229,6 @@ class InternVLMoe(Qwen3VLMoe):
         return sorted(specs, key=lambda s: (s.name.startswith("mm."), s.name))
 
 
-def mtmd_tiles(image, tile: int, min_tiles: int, max_tiles: int) -> list:
-    """The 448-pixel tiles llama.cpp's mtmd cuts an image into for InternVL (llava-uhd slicing,
-    tools/mtmd/mtmd-image.cpp): an image that fits one tile is stretched to it; a larger one is
-    resized into the a x b grid (min <= a*b <= max) that keeps the most of its pixels, then the
-    least padding, aspect kept and centred on black, cut row by row, and followed by the whole
-    image stretched to one tile. Sizes are computed in float32, as mtmd does."""
-    from PIL import Image
-
-    w, h = image.size
-    if w <= tile and h <= tile:
-        return [image.resize((tile, tile), Image.BICUBIC)]
-    f32 = np.float32
-    best, best_eff, best_waste = None, 0, None
-    for a in range(min_tiles, max_tiles + 1):
-        for b in range(max(-(-min_tiles // a), min_tiles), min(max_tiles // a, max_tiles) + 1):
-            cw, ch = a * tile, b * tile
-            s = min(f32(cw) / f32(w), f32(ch) / f32(h))
-            eff = min(int(f32(w) * s) * int(f32(h) * s), w * h)
-            waste = cw * ch - eff
-            if eff > best_eff or (eff == best_eff and waste < best_waste):
-                best, best_eff, best_waste = (cw, ch), eff, waste
-    cw, ch = best
-    s = min(f32(cw) / f32(w), f32(ch) / f32(h))
-    nw, nh = min(int(np.ceil(f32(w) * s)), cw), min(int(np.ceil(f32(h) * s)), ch)
-    refined = Image.new("RGB", (cw, ch), (0, 0, 0))
-    refined.paste(image.resize((nw, nh), Image.BICUBIC), ((cw - nw) // 2, (ch - nh) // 2))
-    tiles = [refined.crop((x, y, x + tile, y + tile)) for y in range(0, ch, tile) for x in range(0, cw, tile)]
-    return [*tiles, image.resize((tile, tile), Image.BICUBIC)]
-
-
 def _cls_row_last(a: np.ndarray) -> np.ndarray:
     """[1, 1 + n_patches, C]: CLS's row (first in transformers) last, where llama.cpp's graph puts CLS."""
     return np.ascontiguousarray(np.concatenate([a[:, 1:], a[:, :1]], axis=1))
@@ -315,12 +286,8 @@ class InternVLMoeCalibration(Qwen3VLMoeCalibration):
         pixel_values = None
         if image is not None:
             pre = self.conv._preprocessor()
-            tiles = mtmd_tiles(
-                image.convert("RGB"),
-                self.conv.tile,
-                int(pre.get("min_patches", 1)),
-                int(pre.get("max_patches", 12)),
-            )
+            lo, hi = int(pre.get("min_patches", 1)), int(pre.get("max_patches", 12))
+            tiles = mtmd_tiles(image.convert("RGB"), self.conv.tile, internvl_grids(lo, hi))
             pixel_values = np.concatenate(
                 [
                     self.image_processor(images=[t], crop_to_patches=False, return_tensors="np")[

@@ -84,8 +84,12 @@ class Qwen3VLMoe(Architecture):
 
     # -- layout detection -----------------------------------------------------------------
 
+    def _experts_prefix(self, il: int) -> str:
+        """Where layer il's routed experts sit in the checkpoint."""
+        return f"{TEXT_PREFIX}layers.{il}.mlp.experts."
+
     def _detect_layout(self, il: int) -> str:
-        p = f"{TEXT_PREFIX}layers.{il}.mlp.experts."
+        p = self._experts_prefix(il)
         E, H, I = self.n_expert, self.n_embd, self.n_ff_exp
         ck = self.ckpt
         if ck.has(p + "gate_up_proj"):
@@ -194,7 +198,7 @@ class Qwen3VLMoe(Architecture):
         return TensorSpec(gguf_name, shape, partial(self.ckpt.load, hf_name), role)
 
     def _expert_specs(self, il: int) -> list[TensorSpec]:
-        p = f"{TEXT_PREFIX}layers.{il}.mlp.experts."
+        p = self._experts_prefix(il)
         E, H, I = self.n_expert, self.n_embd, self.n_ff_exp
         layout = self.layouts[il]
         ck = self.ckpt

@@ -110,7 +110,15 @@ def _render_all(cal, opts: CalibrationOptions, data_dir: Path, warn) -> tuple[li
 
 
 def _modalities(
-    cal, r, layer_attn_inputs, attn, special: set[int], newline_ids: set[int], im_start, rho: float
+    cal,
+    r,
+    layer_attn_inputs,
+    attn,
+    special: set[int],
+    newline_ids: set[int],
+    im_start,
+    rho: float,
+    chunk=None,
 ) -> torch.Tensor:
     ids = torch.from_numpy(r.input_ids)
     image_mask = cal.image_mask(ids)
@@ -126,7 +134,7 @@ def _modalities(
     x, pe = layer_attn_inputs
     with torch.no_grad():
         q, k, scaling = cal.attention_qk(attn, x, pe)
-        scores = key_scores(q, k, scaling, queries.to(q.device), image_mask.to(q.device)).cpu()
+        scores = key_scores(q, k, scaling, queries.to(q.device), image_mask.to(q.device), chunk).cpu()
     mod[img_pos[select_key_tokens(scores, rho)]] = KEY
     return mod
 
@@ -166,7 +174,7 @@ def _look_ahead(cal, acts: Activations, rendered, states, start: int, key_fn) ->
     for i, (r, s) in enumerate(zip(rendered, states)):
         s["hidden"] = src.get(i)
         cal.run_layer(layer, first, s)
-        mods.append(key_fn(r, seen["attn"], attn))
+        mods.append(key_fn(r, seen["attn"], attn, first))
         del s["hidden"]
     hook.remove()
     shutil.rmtree(acts.partial / "lookahead", ignore_errors=True)
@@ -266,8 +274,9 @@ def calibrate(
     t0 = time.perf_counter()
     gamma = _gamma(cal, rendered[: opts.samples], opts, partial, warn)
 
-    def key_fn(r, attn_inputs, attn):
-        return _modalities(cal, r, attn_inputs, attn, special, newline_ids, im_start, opts.rho)
+    def key_fn(r, attn_inputs, attn, il):
+        chunk = cal.attention_chunk(il)
+        return _modalities(cal, r, attn_inputs, attn, special, newline_ids, im_start, opts.rho, chunk)
 
     # key tokens of layers without softmax attention: the last softmax layer's (kept for resume)
     keys_path = partial / "key_tokens.pt"
@@ -296,7 +305,14 @@ def calibrate(
         drec = None if is_moe else DenseFFNRecorder()
         o_order = cal.o_in_order(il)
         rec = (
-            LayerRecorder(cal.n_experts, cal.hidden, cal.expert_ff, opts.cap, seed=opts.seed * 100003 + il)
+            LayerRecorder(
+                cal.n_experts,
+                cal.hidden,
+                cal.expert_ff,
+                opts.cap,
+                seed=opts.seed * 100003 + il,
+                input_scaled=cal.weights_scale_input,
+            )
             if is_moe
             else None
         )
@@ -316,7 +332,7 @@ def calibrate(
         for i, (r, s) in enumerate(zip(rendered, states)):
             s["hidden"] = acts.get(i)
             s_next = cal.run_layer(layer, il, s)
-            mod = key_fn(r, seen["attn"], attn) if softmax else key_mods[i]
+            mod = key_fn(r, seen["attn"], attn, il) if softmax else key_mods[i]
             new_mods.append(mod)
             x = seen["moe_in"].reshape(-1, cal.hidden).cpu()
             full = i < opts.samples  # the samples past --samples only count routing (--count-samples)

@@ -9,6 +9,7 @@ API = {
     "planned_sizes": "export",
     "Packer": "pack",
     "keeps_f32": "pack",
+    "resolve_types": "pack",
     "OutTensor": "writer",
     "tensor_nbytes": "writer",
     "write_gguf": "writer",

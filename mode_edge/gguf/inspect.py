@@ -18,7 +18,7 @@ PARTS = (
     ("routed experts", re.compile(r"^blk\.\d+\.ffn_(gate|up|down|gate_up)_exps\.")),
     ("shared experts", re.compile(r"^blk\.\d+\.ffn_(gate|up|down)_shexp\.")),
     ("dense-layer FFNs", re.compile(r"^blk\.\d+\.ffn_(gate|up|down)\.weight$")),
-    ("attention", re.compile(r"^blk\.\d+\.(attn_|ssm_)")),
+    ("attention", re.compile(r"^blk\.\d+\.(attn_|ssm_)(?!.*norm)")),  # its norms are "other"
     ("embedding and output", re.compile(r"^(token_embd|output)\.")),
 )
 

@@ -42,14 +42,24 @@ def query_positions(
 
 
 def key_scores(
-    q: torch.Tensor, k: torch.Tensor, scaling: float, queries: torch.Tensor, image_mask: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scaling: float,
+    queries: torch.Tensor,
+    image_mask: torch.Tensor,
+    chunk: int | None = None,
 ) -> torch.Tensor:
-    """Mean post-softmax attention each image token receives from `queries` (causal rows)."""
+    """Mean post-softmax attention each image token receives from `queries` (causal rows).
+    chunk: chunked attention (Llama 4), a query sees only the keys of its own chunk of `chunk`
+    positions; an image token in an earlier chunk receives 0 from it."""
     qs = q[:, queries, :].float()  # [H, nq, d]
     scores = torch.einsum("hqd,htd->hqt", qs, k.float()) * scaling
     T = k.shape[1]
-    causal = torch.arange(T, device=k.device)[None, :] > queries[:, None]  # [nq, T] keys after the query
-    scores = scores.masked_fill(causal[None], float("-inf"))
+    pos = torch.arange(T, device=k.device)[None, :]
+    hidden = pos > queries[:, None]  # [nq, T] keys after the query
+    if chunk is not None:
+        hidden = hidden | (pos // chunk != queries[:, None] // chunk)
+    scores = scores.masked_fill(hidden[None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return probs[:, :, image_mask].mean(dim=(0, 1))  # [n_image]
 

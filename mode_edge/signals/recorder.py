@@ -79,9 +79,14 @@ class BottomK:
 
 
 class LayerRecorder:
-    def __init__(self, n_experts: int, hidden: int, expert_ff: int, cap: int, seed: int):
+    def __init__(
+        self, n_experts: int, hidden: int, expert_ff: int, cap: int, seed: int, input_scaled: bool = False
+    ):
+        """input_scaled: the routing weight scales the expert's input, not its output (Llama 4):
+        an expert sees w * x, which its statistics then describe."""
         E = n_experts
         self.E = E
+        self.input_scaled = input_scaled
         self.seed = seed
         self.counts = np.zeros((3, E), dtype=np.int64)
         self.weight_sums = np.zeros((3, E), dtype=np.float64)
@@ -116,6 +121,8 @@ class LayerRecorder:
         for e in torch.unique(idx).tolist():
             tok, slot = torch.nonzero(idx == e, as_tuple=True)
             xe, we, pe, me = x[tok], w[tok, slot], p[tok, slot], modality[tok]
+            if self.input_scaled:
+                xe = xe * we[:, None]
             if not counts_only:
                 wg, wu, wd, act = experts_fn(e)
                 with torch.no_grad():

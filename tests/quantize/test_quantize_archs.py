@@ -44,7 +44,10 @@ def test_pure_files_byte_identical_to_llama_quantize(q35_f32, qtype, tmp_path):
     ).text_path
     ref = _same_bytes(ref_path, ours)
     moe = 1 if "blk.0.ffn_down.weight" in ref else 0  # GLM: layer 0 is dense
-    assert ref[f"blk.{moe}.ffn_gate_inp.weight"][0] == T.F32 and ref[f"blk.{moe}.ffn_down_exps.weight"][0] == qtype
+    assert (
+        ref[f"blk.{moe}.ffn_gate_inp.weight"][0] == T.F32
+        and ref[f"blk.{moe}.ffn_down_exps.weight"][0] == qtype
+    )
     if moe:
         assert ref["blk.0.ffn_down.weight"][0] == qtype and ref["blk.1.exp_probs_b.bias"][0] == T.F32
     if "blk.0.ssm_a" in ref:  # qwen35moe
