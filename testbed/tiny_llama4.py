@@ -49,8 +49,8 @@ LLAMA4_SPECIAL_TOKENS = [
 ]
 
 # Llama 4's template shape: <|header_start|>role<|header_end|>\n\n ... <|eot|>; an image part is
-# <|image_start|><|image|><|image_end|> here (mtmd's marker replaces the whole part at run time;
-# transformers' processor expands <|image|> into patches itself)
+# <|image|>, as in Llama 4's own template (mtmd's marker replaces it at run time and writes
+# <|image_start|> … <|image_end|>; transformers' processor expands it into tiles itself)
 LLAMA4_CHAT_TEMPLATE = (
     "{{- bos_token -}}"
     "{%- for message in messages -%}"
@@ -60,7 +60,7 @@ LLAMA4_CHAT_TEMPLATE = (
     "{%- else -%}"
     "{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
-    "{{- '<|image_start|><|image|><|image_end|>' -}}"
+    "{{- '<|image|>' -}}"
     "{%- elif part['type'] == 'text' -%}"
     "{{- part['text'] -}}"
     "{%- endif -%}"

@@ -1,5 +1,6 @@
 """`mode-edge convert TINY --budget … -o out/ && mode-edge chat out/ --image …` on tiny Qwen3.5-MoE,
-InternVL3.5-MoE and GLM-4.5V models; shared experts (Qwen3.5, GLM) and dense layers (GLM) as ILP
+InternVL3.5-MoE, GLM-4.5V and Llama 4 models; shared experts (Qwen3.5, GLM, Llama 4) and dense
+layers (GLM, Llama 4) as ILP
 items or fixed by --shared-type / --dense-type; a budget too small for the dense parts."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pytest
 from gguf import GGUFReader
 
 from mode_edge.formats.plan import QuantPlan
-from testbed import tiny_glm4v_moe, tiny_internvl_moe, tiny_qwen3_5_moe
+from testbed import tiny_glm4v_moe, tiny_internvl_moe, tiny_llama4, tiny_qwen3_5_moe
 from tests.helpers import PICTURE, cli, make_data
 
 # builder, a budget between the tiny model's all-Q2_K and all-Q4_K experts, shared-expert tensors,
@@ -19,6 +20,7 @@ ARCHS = {
     "qwen3_5_moe": (tiny_qwen3_5_moe.build_tiny_model, 5_000_000, 12, 0),  # 4.4 MB .. 5.9 MB
     "internvl_moe": (tiny_internvl_moe.build_tiny_model, 3_800_000, 0, 0),  # 3.2 MB .. 4.4 MB
     "glm4v_moe": (tiny_glm4v_moe.build_tiny_model, 3_800_000, 6, 3),  # 3.1 MB at the smallest
+    "llama4": (tiny_llama4.build_tiny_model, 3_700_000, 6, 6),  # 3.1 MB at the smallest
 }
 TYPES = "Q2_K,Q3_K,Q4_K,Q6_K"
 

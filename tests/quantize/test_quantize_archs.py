@@ -9,12 +9,13 @@ from gguf import GGMLQuantizationType as T
 
 from mode_edge.formats.plan import QuantPlan
 from mode_edge.gguf.export import export_model
-from testbed import tiny_glm4v_moe, tiny_qwen3_5_moe
+from testbed import tiny_glm4v_moe, tiny_llama4, tiny_qwen3_5_moe
 from tests.quantize.test_quantize import _ftype, _llama_quantize, _tensor_bytes
 
 BUILDERS = {
     "qwen3_5_moe": lambda d: tiny_qwen3_5_moe.build_tiny_model(d, layout="fused"),
     "glm4v_moe": tiny_glm4v_moe.build_tiny_model,  # a dense first layer: its FFN as llama-quantize types it
+    "llama4": tiny_llama4.build_tiny_model,
 }
 
 
@@ -48,8 +49,9 @@ def test_pure_files_byte_identical_to_llama_quantize(q35_f32, qtype, tmp_path):
         ref[f"blk.{moe}.ffn_gate_inp.weight"][0] == T.F32
         and ref[f"blk.{moe}.ffn_down_exps.weight"][0] == qtype
     )
-    if moe:
-        assert ref["blk.0.ffn_down.weight"][0] == qtype and ref["blk.1.exp_probs_b.bias"][0] == T.F32
+    if moe:  # GLM and Llama 4: the dense FFN at qtype; GLM's score-correction bias F32
+        assert ref["blk.0.ffn_down.weight"][0] == qtype
+        assert ref.get("blk.1.exp_probs_b.bias", (T.F32,))[0] == T.F32
     if "blk.0.ssm_a" in ref:  # qwen35moe
         for name in ("blk.0.ssm_conv1d.weight", "blk.0.ssm_a", "blk.0.ffn_gate_inp_shexp.weight"):
             assert ref[name][0] == T.F32, name

@@ -1,6 +1,7 @@
 """Expert groups in the other architectures' files (Qwen3.5-MoE: llama.cpp arch qwen35moe, hybrid
 layers and shared experts; InternVL3.5-MoE: qwen3moe; GLM-4.5V: glm4moe, a dense first layer and
-a grouped sigmoid router): the loader and graph changes are architecture-independent.
+a grouped sigmoid router; Llama 4: llama4, interleaved dense layers, weights before the experts):
+the loader and graph changes are architecture-independent.
 
 Exact checks first (same-type groups give the stock file's logits bit for bit; regrouping mixed
 types changes nothing beyond float rounding), then the masked fallback against the skip path. Mixed
@@ -21,7 +22,7 @@ from mode_edge.formats.checkpoint import Checkpoint
 from mode_edge.formats.plan import QuantPlan
 from mode_edge.formats.tensors import Role
 from mode_edge.gguf.export import export_model
-from testbed import tiny_glm4v_moe, tiny_internvl_moe, tiny_qwen3_5_moe
+from testbed import tiny_glm4v_moe, tiny_internvl_moe, tiny_llama4, tiny_qwen3_5_moe
 from tests.gguf_rewrite import degroup_to_f32, regroup
 from tests.runtime.test_groups import ONE_OP, _mixed_types, logits
 
@@ -33,6 +34,7 @@ BUILDERS = {
     "qwen3_5_moe": tiny_qwen3_5_moe.build_tiny_model,
     "internvl_moe": tiny_internvl_moe.build_tiny_model,
     "glm4v_moe": tiny_glm4v_moe.build_tiny_model,
+    "llama4": tiny_llama4.build_tiny_model,
 }
 
 
