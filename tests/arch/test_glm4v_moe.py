@@ -177,3 +177,20 @@ def test_image_embeddings_and_logits_match_transformers(glm, hf_glm, session_glm
     got_logits = session_glm.last_logits("[gMASK]<sop><|user|>\n" + session_glm.marker + question, [img])
     assert np.abs(got_logits - ref_logits).max() <= 2e-3 * float(ref_logits.max() - ref_logits.min())
     assert got_logits.argmax() == ref_logits.argmax()
+
+
+def test_inspect_shows_dense_layers_and_shared_experts(glm, capsys):
+    from mode_edge.gguf import summarize
+    from tests.helpers import cli
+
+    _, text, _ = glm["per_expert"]
+    info = summarize(text)
+    assert info["dense_layers"] == [0]
+    parts = info["parts"]
+    assert parts["dense-layer FFNs"]["tensors"] == 3 and parts["shared experts"]["tensors"] == 6
+    assert parts["routed experts"]["tensors"] == 6 and "blk.0.attn_norm.weight" not in str(parts)
+    total = sum(p["bytes"] for p in parts.values())
+    assert total == sum(v["bytes"] for v in info["types"].values())
+    assert cli(["inspect", str(text)]) == 0
+    out = capsys.readouterr().out
+    assert "dense layers  0 (no routed experts)" in out and "dense-layer FFNs" in out
