@@ -93,7 +93,8 @@ def balanced_imatrix(stats: ExpertStats) -> Imatrix:
     only to reproduce that row; its errors were never measured, so no method packs with it."""
     base = method_importance(stats, AllocOptions(method="uniform"))
     entries = dict(base.entries)
-    for layer, d in stats.layers.items():
+    for layer in stats.moe_layers:
+        d = stats.layers[layer]
         names = stats.manifest["gguf_names"][str(layer)]
         counts = d["counts"].astype(np.float64)
         for arr, tensors in ((d["in_sq"], names[:2]), (d["mid_sq"], names[2:])):
