@@ -19,8 +19,14 @@ What differs from Qwen3-VL-MoE (whose expert layouts and checkpoint prefixes it 
   learned position grid, a 2x2 conv downsample (mm.patch_merger, kept 4-D) and a merger
   (proj, LayerNorm, GELU, SwiGLU), as clip's glm4v graph expects.
 
-There are no multi-token-prediction weights in Glm4vMoe; a checkpoint that carries layers past
-num_hidden_layers (GLM-4.5's nextn layer) is refused by name rather than half-converted.
+Layers past num_hidden_layers (the next-token-prediction layer GLM-4.5 checkpoints carry) are
+skipped on purpose: transformers' Glm4vMoe ignores them on load and llama.cpp's glm4moe runs
+without them (no nextn_predict_layers key is written). topk_group == n_group keeps every group,
+which is no grouping: written as one group (llama.cpp asserts topk_group < n_group).
+Images: calibration uses transformers' processor with llama.cpp's glm4v token limits (8..4096
+merged tokens). It stretches to the 28-px grid where mtmd keeps the aspect ratio and pads the few
+pixels left, and rounds half to even where mtmd rounds half away: sizes whose side / 28 is
+exactly x.5 get different grids (the tests use sides that are multiples of 28).
 """
 
 from __future__ import annotations
@@ -90,6 +96,8 @@ class Glm4vMoe(Qwen3VLMoe):
             )
         if self.n_shared < 1:
             raise UserError("n_shared_experts is 0", "llama.cpp's glm4moe requires a shared expert")
+        if self.n_group > 1 and self.topk_group == self.n_group:  # every group kept: no grouping
+            self.n_group = self.topk_group = 1
         if self.n_group > 1 and (self.n_expert % self.n_group or not 0 < self.topk_group < self.n_group):
             raise UserError(
                 f"grouped routing with {self.n_expert} experts, n_group {self.n_group}, topk_group {self.topk_group}",
@@ -115,14 +123,12 @@ class Glm4vMoe(Qwen3VLMoe):
                 f"mrope_section {self.sections} does not split the {self.n_rot // 2} rotary frequencies",
                 "the sections (t, h, w) must be positive and sum to head_dim * partial_rotary_factor / 2",
             )
+        # layers past num_hidden_layers: GLM's next-token-prediction (nextn) layer, which
+        # transformers ignores on load and llama.cpp's glm4moe runs without (no nextn keys written)
         extra = sorted(
-            {n for n in ckpt.names() if self._layer_of(n) is not None and self._layer_of(n) >= self.n_layer}
+            {il for n in ckpt.names() if (il := self._layer_of(n)) is not None and il >= self.n_layer}
         )
-        if extra:
-            raise UserError(
-                f"the checkpoint has layers past num_hidden_layers ({extra[0]}): multi-token-prediction weights",
-                "GLM-4.5V has none; this looks like a GLM-4.5 text checkpoint, which is not supported",
-            )
+        self.skipped_prefixes = tuple(f"{TEXT_PREFIX}layers.{il}." for il in extra)
         self.layouts = [None if il < self.n_dense else self._detect_layout(il) for il in range(self.n_layer)]
         self._check_vision()
         self._text_map = get_tensor_name_map(MODEL_ARCH.GLM4_MOE, self.n_layer)
@@ -341,7 +347,9 @@ class Glm4vMoeCalibration(Qwen3VLMoeCalibration):
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         pixel_values = grid = None
         if image is not None:
-            out = self.image_processor(images=[image], return_tensors="np")
+            unit = 28 * 28 * 2  # one merged token's pixels, times transformers' t = 2
+            size = {"shortest_edge": 8 * unit, "longest_edge": 4096 * unit}  # mtmd's glm4v limits
+            out = self.image_processor(images=[image], size=size, return_tensors="np")
             pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
             text = text.replace("<|image|>", "<|image|>" * (int(np.prod(grid[0])) // self.merge**2), 1)
         ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)

@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import numpy as np
@@ -102,6 +103,10 @@ class Llama4(Qwen3VLMoe):
         self.n_head = int(t["num_attention_heads"])
         self.head_dim = int(t.get("head_dim") or self.n_embd // self.n_head)
         self.step = int(t.get("interleave_moe_layer_step", 1))
+        if self.step < 1:
+            raise UserError(
+                f"interleave_moe_layer_step {self.step}", "it must be at least 1; re-download config.json"
+            )
         self.moe = [il for il in range(self.n_layer) if (il + 1) % self.step == 0]
         if t.get("moe_layers") is not None and list(t["moe_layers"]) != self.moe:
             raise _refuse(f"moe_layers {t['moe_layers']} are not every {self.step}th layer")
@@ -126,12 +131,14 @@ class Llama4(Qwen3VLMoe):
             raise _refuse(f"use_qk_norm {t.get('use_qk_norm')} with {self.n_expert} experts")
         if t.get("attention_bias") or t.get("hidden_act", "silu") != "silu":
             raise _refuse("attention biases or an activation other than silu")
-        rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
+        rope = dict(t.get("rope_parameters") or t.get("rope_scaling") or {})
         if rope.get("rope_type", "default") not in ("default", "llama3"):
             raise UserError(
                 f"rope type {rope.get('rope_type')!r} is not supported", "default and llama3 convert"
             )
         self.rope = rope
+        # transformers 4-style configs keep rope_theta beside rope_scaling
+        self.theta = float(rope.get("rope_theta", t.get("rope_theta", 500000.0)))
         self.layouts = {il: self._detect_layout(il) for il in self.moe}
         if set(self.layouts.values()) != {"published"}:
             raise UserError(
@@ -151,14 +158,19 @@ class Llama4(Qwen3VLMoe):
                 f"config.json vision_config lacks {missing[0]}", "the config is incomplete; re-download it"
             )
         tile, patch = v["image_size"], v["patch_size"]
-        if not (isinstance(tile, int) and isinstance(patch, int)) or tile % patch or (tile // patch) % 2:
+        if (
+            not (isinstance(tile, int) and isinstance(patch, int))
+            or patch < 1
+            or tile % patch
+            or (tile // patch) % 2
+        ):
             raise UserError(
                 f"vision tiles of {tile} px in patches of {patch}",
                 "llama.cpp needs square tiles of an even patch grid",
             )
         if float(v.get("pixel_shuffle_ratio", 0.5)) != 0.5:
             raise _refuse(f"pixel_shuffle_ratio {v.get('pixel_shuffle_ratio')}")
-        theta = float((v.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+        theta = float((v.get("rope_parameters") or {}).get("rope_theta", v.get("rope_theta", 10000.0)))
         if theta != 10000.0 or v.get("hidden_act", "gelu") != "gelu":
             raise _refuse("a vision rope theta other than 10000 or an activation other than gelu")
         self.tile, self.patch = tile, patch
@@ -177,7 +189,7 @@ class Llama4(Qwen3VLMoe):
         w.add_key_length(self.head_dim)
         w.add_value_length(self.head_dim)
         w.add_rope_dimension_count(self.head_dim)
-        w.add_rope_freq_base(float(self.rope.get("rope_theta", 500000.0)))
+        w.add_rope_freq_base(self.theta)
         w.add_layer_norm_rms_eps(float(t.get("rms_norm_eps", 1e-5)))
         w.add_expert_count(self.n_expert)
         w.add_expert_used_count(int(t["num_experts_per_tok"]))
@@ -218,10 +230,10 @@ class Llama4(Qwen3VLMoe):
         from transformers import Llama4TextConfig
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-        cfg = Llama4TextConfig(**{k: v for k, v in self.text.items() if k != "model_type"})
+        text = copy.deepcopy(self.text)  # the config class rewrites its rope dicts in place
+        cfg = Llama4TextConfig(**{k: v for k, v in text.items() if k != "model_type"})
         scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
-        base = float(self.rope.get("rope_theta", 500000.0))
-        plain = 1.0 / (base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
+        plain = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
         return (plain / scaled.double()).float().numpy()
 
     def text_tensors(self) -> list[TensorSpec]:
@@ -247,12 +259,11 @@ class Llama4(Qwen3VLMoe):
         return sorted(specs, key=key)
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
-        """NoPE layers cache n_ctx tokens; chunked ones at most one chunk plus a ubatch (llama.cpp's
-        iSWA cache: GGML_PAD(8192 + 512, 256))."""
+        """Every layer caches n_ctx tokens: llama-cpp-python keeps llama.cpp's default swa_full
+        (the chunked layers' cache is full size, "using full-size SWA cache" in its log), and
+        mode-edge's runtime does not change it."""
         n_kv = int(self.text.get("num_key_value_heads", self.n_head))
-        per_token = 2 * n_kv * self.head_dim * 2
-        n_full = sum(1 for il in range(self.n_layer) if (il + 1) % NOPE_EVERY == 0)
-        return per_token * (n_full * n_ctx + (self.n_layer - n_full) * min(n_ctx, CHUNK + 512))
+        return self.n_layer * n_ctx * 2 * n_kv * self.head_dim * 2
 
     def calibration(self, attn_implementation: str = "sdpa", device: str = "cpu") -> Llama4Calibration:
         return Llama4Calibration(self, attn_implementation, device)
@@ -420,7 +431,9 @@ class Llama4Calibration(Calibration):
         w = torch.from_numpy(self.ckpt.load(TEXT + "embed_tokens.weight"))
         self._embed = torch.nn.Embedding.from_pretrained(w, freeze=True)
         visual = self.m.Llama4VisionModel._from_config(self.config.vision_config)
-        visual.load_state_dict(self._state(VISION), strict=False)  # rotary freqs are a buffer, not saved
+        missing, unexpected = visual.load_state_dict(self._state(VISION), strict=False)
+        if unexpected or set(missing) - {"rotary_embedding.freqs_ci"}:  # a buffer, not saved
+            raise RuntimeError(f"vision tower: unexpected {unexpected}, missing {missing}")
         proj = self.m.Llama4MultiModalProjector(self.config)
         proj.load_state_dict(self._state(PROJECTOR), strict=True)
         self._visual = visual.eval().requires_grad_(False).to(self.device)

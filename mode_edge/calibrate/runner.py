@@ -135,6 +135,9 @@ def _modalities(
     with torch.no_grad():
         q, k, scaling = cal.attention_qk(attn, x, pe)
         scores = key_scores(q, k, scaling, queries.to(q.device), image_mask.to(q.device), chunk).cpu()
+    if not bool(scores.any()):  # chunked attention: no query shares a chunk with the image
+        mod[img_pos] = KEY
+        return mod
     mod[img_pos[select_key_tokens(scores, rho)]] = KEY
     return mod
 

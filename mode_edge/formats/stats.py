@@ -150,8 +150,22 @@ def _check(manifest: dict, layers: dict[int, dict[str, np.ndarray]], mpath: Path
     moe = manifest.get("moe_layers", list(range(n_layers)))
     if not isinstance(moe, list) or not all(isinstance(x, int) and 0 <= x < n_layers for x in moe):
         raise refuse("moe_layers is not a list of layer numbers")
+    if not moe:
+        raise refuse("no MoE layer listed")
     if sorted(layers) != list(range(n_layers)) or sorted(manifest["gguf_names"]) != sorted(map(str, moe)):
         raise refuse(f"{n_layers} layers listed, {len(layers)} stored")
+    # dense items (attention, shared experts, dense FFNs): every listed matrix has its arrays
+    for key, prefix in (("attn_tensors", "attn"), ("shared_tensors", "shexp"), ("dense_tensors", "dense")):
+        listed = manifest.get(key) or {}
+        try:
+            items = [(int(il), [(str(n), str(src)) for n, src in entries]) for il, entries in listed.items()]
+        except (AttributeError, TypeError, ValueError):
+            raise refuse(f"{key} is not a list of (tensor, input) per layer") from None
+        for il, entries in items:
+            d = layers.get(il, {})
+            need = [f"{prefix}_sensitivity", f"{prefix}_tokens", *(f"{src}_sq" for _, src in entries)]
+            if any(k not in d for k in need) or d[f"{prefix}_sensitivity"].shape[:1] != (len(entries),):
+                raise refuse(f"layer {il}'s {key} have no matching arrays")
     for il in moe:
         d = layers[il]
         if "counts" not in d or "sensitivity" not in d or d["counts"].shape != (3, n_exp):

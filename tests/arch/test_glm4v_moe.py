@@ -123,7 +123,7 @@ def test_inconsistent_configs_are_refused(tmp_path):
     d = build_tiny_model(tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
     for key, value, message in (
-        ("topk_group", 2, "topk_group < n_group"),
+        ("topk_group", 3, "topk_group < n_group"),  # (2 of 2 groups is no grouping: accepted)
         ("n_shared_experts", 0, "requires a shared expert"),
         ("first_k_dense_replace", 3, "leaves no MoE layer"),
     ):
@@ -194,3 +194,26 @@ def test_inspect_shows_dense_layers_and_shared_experts(glm, capsys):
     assert cli(["inspect", str(text)]) == 0
     out = capsys.readouterr().out
     assert "dense layers  0 (no routed experts)" in out and "dense-layer FFNs" in out
+
+
+def test_layers_past_num_hidden_layers_are_skipped(tmp_path):
+    """GLM checkpoints can carry a next-token-prediction layer after the decoder (transformers
+    ignores it on load; llama.cpp's glm4moe runs without it): converted without it."""
+    from gguf import GGUFReader
+    from safetensors.numpy import load_file, save_file
+
+    from mode_edge.gguf.export import export_model
+
+    d = build_tiny_model(tmp_path / "m")
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[0]
+    tensors = load_file(str(d / shard))
+    extra = {"model.language_model.layers.3.eh_proj.weight": np.ones((256, 512), np.float32),
+             "model.language_model.layers.3.enorm.weight": np.ones(256, np.float32)}  # fmt: skip
+    save_file({**tensors, **extra}, str(d / shard), metadata={"format": "pt"})
+    index["weight_map"].update({n: shard for n in extra})
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    r = GGUFReader(export_model(d, tmp_path / "out", "f32").text_path)
+    assert r.get_field("glm4moe.block_count").contents() == 3
+    assert not any(t.name.startswith("blk.3.") for t in r.tensors)
+    assert r.get_field("glm4moe.nextn_predict_layers") is None

@@ -216,3 +216,52 @@ def test_image_and_text_logits_match_transformers(l4, hf_l4, session_l4):
     assert int(mask.sum()) == 4
     assert np.abs(got - ref).max() <= 2e-3 * float(ref.max() - ref.min())
     assert got.argmax() == ref.argmax()
+
+
+def test_hub_style_rope_config(l4, tmp_path):
+    """transformers 4-style configs keep rope_theta beside rope_scaling: the file gets that
+    theta, the same on every call, and rope_freqs are transformers' llama3 ratios for it."""
+    import shutil
+
+    from gguf import GGUFReader
+    from transformers import Llama4TextConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from mode_edge.gguf.export import export_model
+
+    d = tmp_path / "m"
+    shutil.copytree(l4["default"][0], d)
+    cfg = json.loads((d / "config.json").read_text())
+    t = cfg["text_config"]
+    t.pop("rope_parameters")
+    t["rope_theta"] = 1_000_000.0
+    t["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+    (d / "config.json").write_text(json.dumps(cfg))
+    ref_cfg = Llama4TextConfig(**{k: v for k, v in json.loads(json.dumps(t)).items() if k != "model_type"})
+    assert ref_cfg.rope_parameters["rope_theta"] == 1_000_000.0
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](ref_cfg, "cpu")
+    plain = 1.0 / (1e6 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64))
+    for k in range(2):
+        r = GGUFReader(export_model(d, tmp_path / f"out{k}", "f32").text_path)
+        assert r.get_field("llama4.rope.freq_base").contents() == 1_000_000.0
+        freqs = np.asarray(next(x for x in r.tensors if x.name == "rope_freqs.weight").data)
+        np.testing.assert_allclose(freqs, (plain / scaled.double()).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("where, key, value", [("text_config", "interleave_moe_layer_step", 0),
+                                               ("vision_config", "patch_size", 0)])  # fmt: skip
+def test_zero_sizes_are_one_line_errors(l4, tmp_path, where, key, value):
+    import shutil
+
+    from mode_edge.arch import architecture_for
+    from mode_edge.errors import UserError
+    from mode_edge.formats.checkpoint import Checkpoint
+
+    d = tmp_path / "m"
+    shutil.copytree(l4["default"][0], d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[where][key] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError):
+        architecture_for(Checkpoint(d))

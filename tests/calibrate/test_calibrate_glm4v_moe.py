@@ -145,3 +145,27 @@ def test_dense_layer_and_shared_expert_statistics(stats):
     assert {"blk.0.ffn_down.weight", "blk.1.ffn_down_shexp.weight", "blk.1.ffn_gate_exps.weight"} <= set(
         im.entries
     )
+
+
+@pytest.mark.parametrize("edit", ["no_moe_layers", "dense_arrays_missing"])
+def test_edited_statistics_are_refused(stats, tmp_path, edit):
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from mode_edge.errors import UserError
+
+    _, out = stats
+    d = tmp_path / "s"
+    shutil.copytree(out, d)
+    if edit == "no_moe_layers":
+        m = json.loads((d / "manifest.json").read_text())
+        m["moe_layers"], m["gguf_names"] = [], {}
+        (d / "manifest.json").write_text(json.dumps(m))
+    else:
+        arrays = load_file(str(d / "expert_stats.safetensors"))
+        arrays.pop("layer.0.dense_sensitivity")
+        save_file(arrays, str(d / "expert_stats.safetensors"))
+    with pytest.raises(UserError, match="does not match the arrays"):
+        ExpertStats.load(d)
