@@ -265,3 +265,22 @@ def test_zero_sizes_are_one_line_errors(l4, tmp_path, where, key, value):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError):
         architecture_for(Checkpoint(d))
+
+
+@pytest.mark.runtime
+def test_kv_reserve_is_what_llama_cpp_allocates(l4):
+    """At 16384 tokens (two chunks): the budget's KV reserve equals the KV buffers llama.cpp
+    reports (llama-cpp-python's default full-size SWA cache), read from its log."""
+    import re
+    import subprocess
+    import sys
+
+    from mode_edge.arch import architecture_for
+    from mode_edge.formats.checkpoint import Checkpoint
+
+    model_dir, text, _ = l4["default"]
+    code = f"import llama_cpp; llama_cpp.Llama({str(text)!r}, n_ctx=16384, verbose=True)"
+    log = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    mib = [float(x) for x in re.findall(r"llama_kv_cache: size = +([0-9.]+) MiB", log)]
+    assert len(mib) == 2  # the NoPE layer's cache and the chunked layers'
+    assert architecture_for(Checkpoint(model_dir)).kv_cache_bytes(16384) == round(sum(mib) * 2**20)
