@@ -60,6 +60,9 @@ class TrainConfig:
     # spend its steps on the tasks the model has not learned yet
     task_weights: dict[str, float] | None = None
     curriculum: bool = False  # easier variants of some tasks mixed in (tasks._vision)
+    # with init_from: split every expert into this many copies, top-k times as many (testbed/upcycle.py)
+    upcycle: int = 1
+    upcycle_noise: float = 0.0
 
 
 def demo_config_dict(vocab_size: int, special: dict[str, int], cfg: TrainConfig) -> dict:
@@ -288,6 +291,10 @@ def build_untrained(out_dir: Path, cfg: TrainConfig):
         model.config.dtype = "float32"
         torch.manual_seed(cfg.seed)
         grow_vision(model, cfg.vision_depth, cfg.vision_ff or 0)  # a no-op unless asked to grow
+        if cfg.upcycle > 1:
+            from testbed.upcycle import upcycle
+
+            upcycle(model, cfg.upcycle, cfg.upcycle_noise, cfg.seed)
         # the record (training.json) describes the model trained, not the defaults
         tc, vc = model.config.text_config, model.config.vision_config
         cfg.n_layers, cfg.n_experts, cfg.top_k = tc.num_hidden_layers, tc.num_experts, tc.num_experts_per_tok

@@ -66,6 +66,13 @@ def main() -> None:
         metavar="DEPTH,FF",
         help="with --init-from: more vision blocks / a wider vision MLP, starting as the same function",
     )
+    ap.add_argument(
+        "--upcycle",
+        default=None,
+        metavar="FACTOR,NOISE",
+        help="with --init-from: each expert split into FACTOR copies (top-k x FACTOR), weights "
+        "perturbed by NOISE x their std so the copies can diverge (e.g. 4,0.01: 16 top-2 -> 64 top-8)",
+    )
     ap.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples)
     ap.add_argument("--snapshots", action="store_true", help="save OUT-step<N>/ at every evaluation")
     a = ap.parse_args()
@@ -85,6 +92,9 @@ def main() -> None:
         task_weights=_weights(a.task_weights),
         curriculum=a.curriculum,
     )
+    if a.upcycle:
+        factor, noise = a.upcycle.split(",")
+        cfg.upcycle, cfg.upcycle_noise = int(factor), float(noise)
     if a.grow_vision:
         cfg.vision_depth, cfg.vision_ff = (int(x) for x in a.grow_vision.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
