@@ -149,10 +149,7 @@ def demo_out(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def rendered(tiny_models, calibration_data):
     """(calibration adapter, every calibration sample rendered) of the tiny model."""
-    from mode_edge.arch import architecture_for
-    from mode_edge.formats.checkpoint import Checkpoint
-    from mode_edge.formats.samples import load_image, read_samples
 
-    cal = architecture_for(Checkpoint(tiny_models["transformers"])).calibration()
-    samples = read_samples(calibration_data, 128, 0)
-    return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]
+    from tests.helpers import render_calibration
+
+    return render_calibration(tiny_models["transformers"], calibration_data)

@@ -60,3 +60,14 @@ def make_data(folder, n_images: int = 4, size=(128, 96), seed: int = 0, text_onl
         lines.append({"prompt": f"What is {i + 12} + 30? Answer with a number."})
     (folder / "prompts.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     return folder
+
+
+def render_calibration(model_dir, data, attn_implementation: str = "sdpa"):
+    """(calibration object, every sample of `data` rendered as calibration renders it)."""
+    from mode_edge.arch import architecture_for
+    from mode_edge.formats.checkpoint import Checkpoint
+    from mode_edge.formats.samples import load_image, read_samples
+
+    cal = architecture_for(Checkpoint(model_dir)).calibration(attn_implementation)
+    samples = read_samples(data, 128, 0)
+    return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]

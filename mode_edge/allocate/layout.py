@@ -77,7 +77,7 @@ class ModelLayout:
 
     def part_bytes(self, plan: QuantPlan) -> dict[str, int]:
         """Tensor bytes of the text file by part (no headers), as pack stores them for `plan`."""
-        from mode_edge.gguf import resolve_types
+        from mode_edge.gguf import resolve_types, tensor_nbytes
 
         names = {
             Role.EXPERT: "routed experts",
@@ -93,14 +93,10 @@ class ModelLayout:
             if what is None:
                 continue
             t = resolve_types(spec, plan)
-            rows = 1
-            for d in spec.shape[:-1]:
-                rows *= d
-            per = [t] * spec.n_expert if spec.role == Role.EXPERT and not isinstance(t, list) else t
-            if isinstance(per, list):
-                b = sum(rows // len(per) * row_bytes(x, spec.row_size) for x in per)
+            if isinstance(t, list):  # one type per expert: each expert is shape[1:]
+                b = sum(tensor_nbytes(spec.shape[1:], x) for x in t)
             else:
-                b = rows * row_bytes(per, spec.row_size)
+                b = tensor_nbytes(spec.shape, t)
             out[what] = out.get(what, 0) + b
         return out
 

@@ -45,6 +45,7 @@ from gguf import (
 )
 
 from mode_edge.arch.base import LayerParts
+from mode_edge.arch.common import add_clip_header
 from mode_edge.arch.qwen3_vl_moe import TEXT_PREFIX, VISION_PREFIX, Qwen3VLMoe, Qwen3VLMoeCalibration, _name
 from mode_edge.arch.registry import register
 from mode_edge.arch.vocab import LLAMA3_REGEX, add_bpe_vocab
@@ -133,12 +134,6 @@ class Glm4vMoe(Qwen3VLMoe):
         self._check_vision()
         self._text_map = get_tensor_name_map(MODEL_ARCH.GLM4_MOE, self.n_layer)
 
-    @staticmethod
-    def _layer_of(name: str) -> int | None:
-        if not name.startswith(TEXT_PREFIX + "layers."):
-            return None
-        return int(name[len(TEXT_PREFIX) :].split(".")[1])
-
     def _check_vision(self) -> None:
         v = self.vision
         missing = [k for k in _VISION_KEYS if k not in v]
@@ -198,32 +193,11 @@ class Glm4vMoe(Qwen3VLMoe):
             special={"bos": "[gMASK]", "eot": "<|user|>", "eom": "<|observation|>"},
         )
 
-    def _text_spec(self, hf_name: str) -> TensorSpec:
-        rest = hf_name[len(TEXT_PREFIX) :] if hf_name.startswith(TEXT_PREFIX) else hf_name
-        short = "model." + rest if hf_name.startswith(TEXT_PREFIX) else hf_name
+    def _map_name(self, hf_name: str) -> str:
+        short = super()._map_name(hf_name)
         if short.endswith(".e_score_correction_bias"):  # gguf-py's name for it
             short = short[: -len("_bias")] + ".bias"
-        gguf_name = self._text_map.get_name(short, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise UserError(
-                f"unexpected tensor {hf_name} in the checkpoint", "this converter does not know where it goes"
-            )
-        shape = self.ckpt.shape(hf_name)
-        if len(shape) == 1:
-            role = Role.NORM
-        elif ".ffn_gate_inp." in gguf_name:
-            role = Role.ROUTER
-        elif gguf_name.startswith("token_embd"):
-            role = Role.EMBED
-        elif gguf_name.startswith("output"):
-            role = Role.OUTPUT
-        elif "_shexp." in gguf_name:
-            role = Role.SHARED
-        elif ".attn_" in gguf_name:
-            role = Role.ATTN
-        else:
-            role = Role.FFN  # a leading dense layer's FFN
-        return TensorSpec(gguf_name, shape, partial(self.ckpt.load, hf_name), role)
+        return short
 
     def calibration(self, attn_implementation: str = "sdpa", device: str = "cpu") -> Glm4vMoeCalibration:
         return Glm4vMoeCalibration(self, attn_implementation, device)
@@ -233,25 +207,24 @@ class Glm4vMoe(Qwen3VLMoe):
     def add_mmproj_metadata(self, w: GGUFWriter) -> None:
         v = self.vision
         pre = self._preprocessor()
-        w.add_name(f"mmproj-{self.model_name}")
-        w.add_clip_has_vision_encoder(True)
-        w.add_clip_projector_type(VisionProjectorType.GLM4V)
-        w.add_clip_vision_projector_type(VisionProjectorType.GLM4V)
         patch = int(v["patch_size"])
         side = math.isqrt(int(self.ckpt.shape(VISION_PREFIX + "embeddings.position_embedding.weight")[0]))
-        w.add_vision_image_size(side * patch)  # the learned position grid, in pixels
-        w.add_vision_patch_size(patch)
-        w.add_vision_embedding_length(int(v["hidden_size"]))
-        w.add_vision_feed_forward_length(int(v["intermediate_size"]))
-        w.add_vision_block_count(int(v["depth"]))
-        w.add_vision_head_count(int(v["num_heads"]))
-        w.add_vision_attention_layernorm_eps(float(v.get("rms_norm_eps", 1e-5)))
-        w.add_vision_projection_dim(self.n_embd)
-        w.add_vision_use_silu(True)
-        w.add_vision_image_mean(
-            [float(x) for x in pre.get("image_mean", [0.48145466, 0.4578275, 0.40821073])]
+        add_clip_header(
+            w,
+            self.model_name,
+            VisionProjectorType.GLM4V,
+            image_size=side * patch,  # the learned position grid, in pixels
+            patch=patch,
+            width=v["hidden_size"],
+            ff=v["intermediate_size"],
+            depth=v["depth"],
+            heads=v["num_heads"],
+            eps=v.get("rms_norm_eps", 1e-5),
+            projection_dim=self.n_embd,
+            mean=pre.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
+            std=pre.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
         )
-        w.add_vision_image_std([float(x) for x in pre.get("image_std", [0.26862954, 0.26130258, 0.27577711])])
+        w.add_vision_use_silu(True)
 
     def mmproj_tensors(self) -> list[TensorSpec]:
         depth = int(self.vision["depth"])
@@ -401,24 +374,3 @@ class Glm4vMoeCalibration(Qwen3VLMoeCalibration):
         q, k = m.apply_rotary_pos_emb(q, k, cos, sin)
         k = m.repeat_kv(k, attn.num_key_value_groups)
         return q[0], k[0], attn.scaling
-
-    @staticmethod
-    def _mlp_weights(mlp):
-        return mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, mlp.act_fn
-
-    def dense_weights(self, mlp):
-        return self._mlp_weights(mlp)
-
-    def shared_expert_weights(self, shared):
-        return self._mlp_weights(shared)
-
-    def dense_names(self, il: int) -> tuple[str, str, str]:
-        return tuple(
-            _name(t, il) for t in (MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_UP, MODEL_TENSOR.FFN_DOWN)
-        )
-
-    def shared_expert_names(self, il: int) -> tuple[str, str, str]:
-        return tuple(
-            _name(t, il)
-            for t in (MODEL_TENSOR.FFN_GATE_SHEXP, MODEL_TENSOR.FFN_UP_SHEXP, MODEL_TENSOR.FFN_DOWN_SHEXP)
-        )

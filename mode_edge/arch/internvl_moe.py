@@ -26,6 +26,7 @@ from functools import partial
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, GGUFWriter, VisionProjectorType, get_tensor_name_map
 
+from mode_edge.arch.common import add_clip_header
 from mode_edge.arch.qwen3_vl_moe import TEXT_PREFIX, Qwen3VLMoe, Qwen3VLMoeCalibration
 from mode_edge.arch.registry import register
 from mode_edge.arch.tiling import internvl_grids, mtmd_tiles
@@ -169,21 +170,24 @@ class InternVLMoe(Qwen3VLMoe):
     def add_mmproj_metadata(self, w: GGUFWriter) -> None:
         v = self.vision
         pre = self._preprocessor()
-        w.add_name(f"mmproj-{self.model_name}")
-        w.add_clip_has_vision_encoder(True)
-        w.add_clip_projector_type(VisionProjectorType.INTERNVL)
-        w.add_vision_image_size(self.tile)
-        w.add_vision_patch_size(self.patch)
-        w.add_vision_embedding_length(int(v["hidden_size"]))
-        w.add_vision_feed_forward_length(int(v["intermediate_size"]))
-        w.add_vision_block_count(int(v["num_hidden_layers"]))
-        w.add_vision_head_count(int(v["num_attention_heads"]))
-        w.add_vision_attention_layernorm_eps(float(v.get("layer_norm_eps", 1e-6)))
-        w.add_vision_projection_dim(self.n_embd)
+        add_clip_header(
+            w,
+            self.model_name,
+            VisionProjectorType.INTERNVL,
+            image_size=self.tile,
+            patch=self.patch,
+            width=v["hidden_size"],
+            ff=v["intermediate_size"],
+            depth=v["num_hidden_layers"],
+            heads=v["num_attention_heads"],
+            eps=v.get("layer_norm_eps", 1e-6),
+            projection_dim=self.n_embd,
+            mean=pre.get("image_mean", [0.485, 0.456, 0.406]),
+            std=pre.get("image_std", [0.229, 0.224, 0.225]),
+            both_projector_keys=False,
+        )
         w.add_vision_use_gelu(True)
         w.add_vision_projector_scale_factor(round(1 / self.downsample))
-        w.add_vision_image_mean([float(x) for x in pre.get("image_mean", [0.485, 0.456, 0.406])])
-        w.add_vision_image_std([float(x) for x in pre.get("image_std", [0.229, 0.224, 0.225])])
         w.add_vision_preproc_min_tiles(int(pre.get("min_patches", 1)))
         w.add_vision_preproc_max_tiles(int(pre.get("max_patches", 12)))
 

@@ -33,8 +33,9 @@ from functools import partial
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, GGUFWriter, VisionProjectorType, get_tensor_name_map
 
-from mode_edge.arch.base import Calibration, LayerParts
-from mode_edge.arch.qwen3_vl_moe import Qwen3VLMoe, _name
+from mode_edge.arch.base import LayerParts
+from mode_edge.arch.common import StandardNames, _name, add_clip_header
+from mode_edge.arch.qwen3_vl_moe import Qwen3VLMoe
 from mode_edge.arch.registry import register
 from mode_edge.arch.tiling import llama4_grids, mtmd_tiles
 from mode_edge.arch.vocab import add_bpe_vocab
@@ -44,7 +45,6 @@ from mode_edge.formats.samples import Rendered
 from mode_edge.formats.tensors import Role, TensorSpec
 
 TEXT = "language_model.model."
-LM_HEAD = "language_model.lm_head.weight"
 VISION = "vision_model."
 PROJECTOR = "multi_modal_projector."
 CHUNK, NOPE_EVERY = 8192, 4  # what llama.cpp's llama4 hard-codes (src/models/llama4.cpp)
@@ -87,6 +87,8 @@ class Llama4(Qwen3VLMoe):
     arch = "llama4"
     media_part = "<|image|>"  # the template's image; mtmd writes <|image_start|> … <|image_end|>
     end_of_turn = "<|eot|>"
+    vision_prefixes = (VISION, PROJECTOR)
+    text_prefix = TEXT
 
     def __init__(self, ckpt: Checkpoint):  # Qwen3VLMoe.__init__ is not called: every field differs
         self.ckpt = ckpt
@@ -199,29 +201,8 @@ class Llama4(Qwen3VLMoe):
         w.add_vocab_size(n_vocab)
         add_bpe_vocab(w, self.ckpt.dir, n_vocab, pre_names={GPT4O_REGEX: "llama4"})
 
-    def _text_spec(self, hf_name: str) -> TensorSpec:
-        short = hf_name[len("language_model.") :]
-        gguf_name = self._text_map.get_name(short, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise UserError(
-                f"unexpected tensor {hf_name} in the checkpoint", "this converter does not know where it goes"
-            )
-        shape = self.ckpt.shape(hf_name)
-        if len(shape) == 1:
-            role = Role.NORM
-        elif ".ffn_gate_inp." in gguf_name:
-            role = Role.ROUTER
-        elif gguf_name.startswith("token_embd"):
-            role = Role.EMBED
-        elif gguf_name.startswith("output"):
-            role = Role.OUTPUT
-        elif "_shexp." in gguf_name:
-            role = Role.SHARED
-        elif ".attn_" in gguf_name:
-            role = Role.ATTN
-        else:
-            role = Role.FFN  # a dense layer's FFN
-        return TensorSpec(gguf_name, shape, partial(self.ckpt.load, hf_name), role)
+    def _map_name(self, hf_name: str) -> str:
+        return hf_name[len("language_model.") :]
 
     def _rope_freqs(self) -> np.ndarray:
         """llama3 scaling as llama.cpp applies it: per-frequency divisors of theta^(-2i/d), the
@@ -236,27 +217,12 @@ class Llama4(Qwen3VLMoe):
         plain = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
         return (plain / scaled.double()).float().numpy()
 
-    def text_tensors(self) -> list[TensorSpec]:
-        specs: list[TensorSpec] = []
-        for name in self.ckpt.names():
-            if not name.startswith("language_model.") or ".feed_forward.experts." in name:
-                continue
-            specs.append(self._text_spec(name))
-        for il in self.moe:
-            specs.extend(self._expert_specs(il))
-        if self.rope.get("rope_type") == "llama3":
-            specs.append(
-                TensorSpec(
-                    _name(MODEL_TENSOR.ROPE_FREQS), (self.head_dim // 2,), self._rope_freqs, Role.POSITION
-                )
-            )
-        order = {"token_embd": 0, "rope_freqs": 0, "blk": 1, "output_norm": 2, "output": 3}
-
-        def key(s: TensorSpec):
-            parts = s.name.split(".")
-            return (order.get(parts[0], 1), int(parts[1]) if parts[0] == "blk" else -1, s.name)
-
-        return sorted(specs, key=key)
+    def _extra_text_specs(self) -> list[TensorSpec]:
+        if self.rope.get("rope_type") != "llama3":
+            return []
+        return [
+            TensorSpec(_name(MODEL_TENSOR.ROPE_FREQS), (self.head_dim // 2,), self._rope_freqs, Role.POSITION)
+        ]
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
         """Every layer caches n_ctx tokens: llama-cpp-python keeps llama.cpp's default swa_full
@@ -273,22 +239,23 @@ class Llama4(Qwen3VLMoe):
     def add_mmproj_metadata(self, w: GGUFWriter) -> None:
         v = self.vision
         pre = self._preprocessor()
-        w.add_name(f"mmproj-{self.model_name}")
-        w.add_clip_has_vision_encoder(True)
-        w.add_clip_projector_type(VisionProjectorType.LLAMA4)
-        w.add_clip_vision_projector_type(VisionProjectorType.LLAMA4)
-        w.add_vision_image_size(self.tile)
-        w.add_vision_patch_size(self.patch)
-        w.add_vision_embedding_length(int(v["hidden_size"]))
-        w.add_vision_feed_forward_length(int(v["intermediate_size"]))
-        w.add_vision_block_count(int(v["num_hidden_layers"]))
-        w.add_vision_head_count(int(v["num_attention_heads"]))
-        w.add_vision_attention_layernorm_eps(float(v.get("norm_eps", 1e-5)))
-        w.add_vision_projection_dim(self.n_embd)
+        add_clip_header(
+            w,
+            self.model_name,
+            VisionProjectorType.LLAMA4,
+            image_size=self.tile,
+            patch=self.patch,
+            width=v["hidden_size"],
+            ff=v["intermediate_size"],
+            depth=v["num_hidden_layers"],
+            heads=v["num_attention_heads"],
+            eps=v.get("norm_eps", 1e-5),
+            projection_dim=self.n_embd,
+            mean=pre.get("image_mean", [0.5, 0.5, 0.5]),
+            std=pre.get("image_std", [0.5, 0.5, 0.5]),
+        )
         w.add_vision_projector_scale_factor(2)  # 1 / pixel_shuffle_ratio
         w.add_vision_use_gelu(True)
-        w.add_vision_image_mean([float(x) for x in pre.get("image_mean", [0.5, 0.5, 0.5])])
-        w.add_vision_image_std([float(x) for x in pre.get("image_std", [0.5, 0.5, 0.5])])
 
     def mmproj_tensors(self) -> list[TensorSpec]:
         depth = int(self.vision["num_hidden_layers"])
@@ -345,8 +312,11 @@ def llamacpp_token_order(side: int) -> np.ndarray:
     return np.arange(side * side).reshape(side, side).T.reshape(-1)
 
 
-class Llama4Calibration(Calibration):
+class Llama4Calibration(StandardNames):
     """Runs Llama 4 layer by layer from safetensors through transformers' own modules."""
+
+    NORM_WEIGHT, EMBED_WEIGHT = TEXT + "norm.weight", TEXT + "embed_tokens.weight"
+    LM_HEAD = "language_model.lm_head.weight"
 
     weights_scale_input = True
 
@@ -414,15 +384,6 @@ class Llama4Calibration(Calibration):
         return self.tokenizer.get_vocab().get("<|header_start|>")
 
     # weights
-    def _state(self, prefix: str, skip: str | None = None) -> dict:
-        import torch
-
-        return {
-            n[len(prefix) :]: torch.from_numpy(self.ckpt.load(n))
-            for n in self.ckpt.names()
-            if n.startswith(prefix) and (skip is None or skip not in n)
-        }
-
     def _ensure_embed(self) -> None:
         import torch
 
@@ -511,20 +472,8 @@ class Llama4Calibration(Calibration):
             )
         return h[0]
 
-    def head(self, h):
-        import torch
-
-        if getattr(self, "_head", None) is None:
-            tc = self.config.text_config
-            norm = self.m.Llama4TextRMSNorm(tc.hidden_size, eps=tc.rms_norm_eps)
-            norm.load_state_dict({"weight": torch.from_numpy(self.ckpt.load(TEXT + "norm.weight"))})
-            name = LM_HEAD if LM_HEAD in self.ckpt.names() else TEXT + "embed_tokens.weight"
-            self._head = (
-                norm.to(self.device).requires_grad_(False),
-                torch.from_numpy(self.ckpt.load(name)).to(self.device),
-            )
-        norm, w = self._head
-        return norm(h.to(self.device)) @ w.T.to(h.dtype)
+    def _norm_class(self):
+        return self.m.Llama4TextRMSNorm
 
     def routing(self, router_output):
         """Top-k of the logits; the sigmoid of each chosen logit is what scales the expert's input
@@ -565,51 +514,8 @@ class Llama4Calibration(Calibration):
         q, k = q.transpose(1, 2), m.repeat_kv(k.transpose(1, 2), attn.num_key_value_groups)
         return q[0], k[0], attn.scaling
 
-    def attention_output(self, attn):
-        return attn.o_proj
-
-    _ATTN = (
-        (MODEL_TENSOR.ATTN_Q, "q_proj", "attn_in"),
-        (MODEL_TENSOR.ATTN_K, "k_proj", "attn_in"),
-        (MODEL_TENSOR.ATTN_V, "v_proj", "attn_in"),
-        (MODEL_TENSOR.ATTN_OUT, "o_proj", "o_in"),
-    )
-
-    def attention_names(self, il: int) -> list[tuple[str, str]]:
-        return [(_name(t, il), kind) for t, _, kind in self._ATTN]
-
-    def attention_matrices(self, attn, il: int):
-        return [(_name(t, il), getattr(attn, mod).weight, kind) for t, mod, kind in self._ATTN]
-
     def expert_weights(self, experts, e: int):
         """gate_up_proj [E, H, 2I] and down_proj [E, I, H] (x @ W layout): as [out, in]."""
         I = self.expert_ff
         gu = experts.gate_up_proj[e]
         return gu[:, :I].T, gu[:, I:].T, experts.down_proj[e].T, experts.act_fn
-
-    def gguf_expert_names(self, il: int) -> tuple[str, str, str]:
-        return tuple(
-            _name(t, il)
-            for t in (MODEL_TENSOR.FFN_GATE_EXP, MODEL_TENSOR.FFN_UP_EXP, MODEL_TENSOR.FFN_DOWN_EXP)
-        )
-
-    @staticmethod
-    def _mlp_weights(mlp):
-        return mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, mlp.activation_fn
-
-    def dense_weights(self, mlp):
-        return self._mlp_weights(mlp)
-
-    def shared_expert_weights(self, shared):
-        return self._mlp_weights(shared)
-
-    def dense_names(self, il: int) -> tuple[str, str, str]:
-        return tuple(
-            _name(t, il) for t in (MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_UP, MODEL_TENSOR.FFN_DOWN)
-        )
-
-    def shared_expert_names(self, il: int) -> tuple[str, str, str]:
-        return tuple(
-            _name(t, il)
-            for t in (MODEL_TENSOR.FFN_GATE_SHEXP, MODEL_TENSOR.FFN_UP_SHEXP, MODEL_TENSOR.FFN_DOWN_SHEXP)
-        )

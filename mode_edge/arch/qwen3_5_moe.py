@@ -28,7 +28,8 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, GGUFWriter, get_tensor_name_map
 
 from mode_edge.arch.base import LayerParts
-from mode_edge.arch.qwen3_vl_moe import TEXT_PREFIX, Qwen3VLMoe, Qwen3VLMoeCalibration, _name
+from mode_edge.arch.common import _name, text_role
+from mode_edge.arch.qwen3_vl_moe import TEXT_PREFIX, Qwen3VLMoe, Qwen3VLMoeCalibration
 from mode_edge.arch.registry import register
 from mode_edge.arch.vocab import add_bpe_vocab
 from mode_edge.errors import UserError
@@ -148,22 +149,8 @@ class Qwen35Moe(Qwen3VLMoe):
             load = (lambda f, g: lambda: g(f()))(load, transform)
             if rest.endswith("conv1d.weight"):  # the only transform that changes a shape
                 shape = (shape[0], shape[2])
-        if ".ssm_" in gguf_name and gguf_name.endswith(("ssm_a", "ssm_dt.bias", "ssm_conv1d.weight")):
-            role = Role.SSM
-        elif len(shape) == 1:
-            role = Role.NORM
-        elif ".ffn_gate_inp" in gguf_name:  # the router and the shared expert's gate
-            role = Role.ROUTER
-        elif gguf_name.startswith("token_embd"):
-            role = Role.EMBED
-        elif gguf_name.startswith("output"):
-            role = Role.OUTPUT
-        elif "_shexp." in gguf_name:
-            role = Role.SHARED
-        elif ".attn_" in gguf_name or ".ssm_" in gguf_name:
-            role = Role.ATTN
-        else:
-            role = Role.FFN
+        ssm = ".ssm_" in gguf_name and gguf_name.endswith(("ssm_a", "ssm_dt.bias", "ssm_conv1d.weight"))
+        role = Role.SSM if ssm else text_role(gguf_name, shape)
         return TensorSpec(gguf_name, tuple(shape), load, role)
 
     def _transform(self, rest: str, shape: tuple[int, ...]):
@@ -291,13 +278,3 @@ class Qwen35MoeCalibration(Qwen3VLMoeCalibration):
             order = self.o_in_order(il) if kind == "o_in" else None
             out.append((_name(t, il), w if order is None else w[:, order], kind))
         return out
-
-    def shared_expert_weights(self, shared):
-        """The shared expert's (gate [Is, H], up [Is, H], down [H, Is]) and activation."""
-        return shared.gate_proj.weight, shared.up_proj.weight, shared.down_proj.weight, shared.act_fn
-
-    def shared_expert_names(self, il: int) -> tuple[str, str, str]:
-        return tuple(
-            _name(t, il)
-            for t in (MODEL_TENSOR.FFN_GATE_SHEXP, MODEL_TENSOR.FFN_UP_SHEXP, MODEL_TENSOR.FFN_DOWN_SHEXP)
-        )

@@ -18,9 +18,10 @@ import math
 from functools import partial
 
 import numpy as np
-from gguf import MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, GGUFWriter, VisionProjectorType, get_tensor_name_map
+from gguf import MODEL_ARCH, MODEL_TENSOR, GGUFWriter, VisionProjectorType, get_tensor_name_map
 
-from mode_edge.arch.base import Architecture, Calibration, LayerParts
+from mode_edge.arch.base import Architecture, LayerParts
+from mode_edge.arch.common import StandardNames, _name, add_clip_header, text_role
 from mode_edge.arch.registry import register
 from mode_edge.arch.vocab import add_bpe_vocab
 from mode_edge.errors import UserError
@@ -33,11 +34,6 @@ VISION_PREFIX = "model.visual."
 _GELU_ACTS = {"gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_fast"}
 
 
-def _name(tensor: MODEL_TENSOR, bid: int | None = None, suffix: str = "weight") -> str:
-    base = TENSOR_NAMES[tensor].format(bid=bid) if bid is not None else TENSOR_NAMES[tensor]
-    return f"{base}.{suffix}" if suffix else base
-
-
 @register("qwen3_vl_moe", architectures=("Qwen3VLMoeForConditionalGeneration",))
 class Qwen3VLMoe(Architecture):
     arch = "qwen3vlmoe"
@@ -47,6 +43,8 @@ class Qwen3VLMoe(Architecture):
     vision_prefixes: tuple[str, ...] = (VISION_PREFIX,)
     #: tensors under these prefixes are in neither file, on purpose (see the architecture's docstring)
     skipped_prefixes: tuple[str, ...] = ()
+    #: where the decoder's layers sit in the checkpoint (text_prefix + "layers.N.")
+    text_prefix: str = TEXT_PREFIX
 
     def __init__(self, ckpt: Checkpoint):
         super().__init__(ckpt)
@@ -175,27 +173,18 @@ class Qwen3VLMoe(Architecture):
         w.add_num_deepstack_layers(len(self.vision.get("deepstack_visual_indexes", [])))
         add_bpe_vocab(w, self.ckpt.dir, self.ckpt.shape(TEXT_PREFIX + "embed_tokens.weight")[0])
 
+    def _map_name(self, hf_name: str) -> str:
+        """The checkpoint name as gguf-py's tensor map knows it (model.layers.N....)."""
+        return "model." + hf_name[len(TEXT_PREFIX) :] if hf_name.startswith(TEXT_PREFIX) else hf_name
+
     def _text_spec(self, hf_name: str) -> TensorSpec:
-        short = "model." + hf_name[len(TEXT_PREFIX) :] if hf_name.startswith(TEXT_PREFIX) else hf_name
-        gguf_name = self._text_map.get_name(short, try_suffixes=(".weight", ".bias"))
+        gguf_name = self._text_map.get_name(self._map_name(hf_name), try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise UserError(
                 f"unexpected tensor {hf_name} in the checkpoint", "this converter does not know where it goes"
             )
         shape = self.ckpt.shape(hf_name)
-        if len(shape) == 1:
-            role = Role.NORM
-        elif ".ffn_gate_inp." in gguf_name:
-            role = Role.ROUTER
-        elif gguf_name.startswith("token_embd"):
-            role = Role.EMBED
-        elif gguf_name.startswith("output"):
-            role = Role.OUTPUT
-        elif ".attn_" in gguf_name:
-            role = Role.ATTN
-        else:
-            role = Role.FFN
-        return TensorSpec(gguf_name, shape, partial(self.ckpt.load, hf_name), role)
+        return TensorSpec(gguf_name, shape, partial(self.ckpt.load, hf_name), text_role(gguf_name, shape))
 
     def _expert_specs(self, il: int) -> list[TensorSpec]:
         p = self._experts_prefix(il)
@@ -232,19 +221,30 @@ class Qwen3VLMoe(Architecture):
             TensorSpec(_name(MODEL_TENSOR.FFN_DOWN_EXP, il), (E, H, I), down, Role.EXPERT, E, one["down"]),
         ]
 
+    def _layer_of(self, name: str) -> int | None:
+        """The decoder layer a checkpoint tensor belongs to, if any."""
+        head = self.text_prefix + "layers."
+        return int(name[len(head) :].split(".")[0]) if name.startswith(head) else None
+
+    def _extra_text_specs(self) -> list[TensorSpec]:
+        """Text tensors computed rather than read (Llama 4's rope_freqs)."""
+        return []
+
     def text_tensors(self) -> list[TensorSpec]:
         specs: list[TensorSpec] = []
         expert_layers: set[int] = set()
         for name in self.ckpt.names():
             if name.startswith(self.vision_prefixes + self.skipped_prefixes):
                 continue
-            if ".mlp.experts." in name:
-                expert_layers.add(int(name[len(TEXT_PREFIX) :].split(".")[1]))
+            il = self._layer_of(name)
+            if il is not None and name.startswith(self._experts_prefix(il)):
+                expert_layers.add(il)
                 continue
             specs.append(self._text_spec(name))
         for il in sorted(expert_layers):
             specs.extend(self._expert_specs(il))
-        order = {"token_embd": 0, "blk": 1, "output_norm": 2, "output": 3}
+        specs.extend(self._extra_text_specs())
+        order = {"token_embd": 0, "rope_freqs": 0, "blk": 1, "output_norm": 2, "output": 3}
 
         def key(s: TensorSpec):
             parts = s.name.split(".")
@@ -275,22 +275,23 @@ class Qwen3VLMoe(Architecture):
         patch = int(v["patch_size"])
         side = math.isqrt(int(v["num_position_embeddings"]))
         deepstack = [int(i) for i in v.get("deepstack_visual_indexes", [])]
-        w.add_name(f"mmproj-{self.model_name}")
-        w.add_clip_has_vision_encoder(True)
-        w.add_clip_projector_type(VisionProjectorType.QWEN3VL)
-        w.add_clip_vision_projector_type(VisionProjectorType.QWEN3VL)
-        w.add_vision_image_size(side * patch)  # the learned position grid, in pixels
-        w.add_vision_patch_size(patch)
-        w.add_vision_embedding_length(int(v["hidden_size"]))
-        w.add_vision_feed_forward_length(int(v["intermediate_size"]))
-        w.add_vision_block_count(int(v["depth"]))
-        w.add_vision_head_count(int(v["num_heads"]))
-        w.add_vision_attention_layernorm_eps(1e-6)  # the vision blocks' LayerNorm eps
-        w.add_vision_projection_dim(int(v["out_hidden_size"]))
+        add_clip_header(
+            w,
+            self.model_name,
+            VisionProjectorType.QWEN3VL,
+            image_size=side * patch,  # the learned position grid, in pixels
+            patch=patch,
+            width=v["hidden_size"],
+            ff=v["intermediate_size"],
+            depth=v["depth"],
+            heads=v["num_heads"],
+            eps=1e-6,  # the vision blocks' LayerNorm eps
+            projection_dim=v["out_hidden_size"],
+            mean=pre.get("image_mean", [0.5, 0.5, 0.5]),
+            std=pre.get("image_std", [0.5, 0.5, 0.5]),
+        )
         w.add_vision_spatial_merge_size(int(v.get("spatial_merge_size", 2)))
         w.add_vision_use_gelu(True)
-        w.add_vision_image_mean([float(x) for x in pre.get("image_mean", [0.5, 0.5, 0.5])])
-        w.add_vision_image_std([float(x) for x in pre.get("image_std", [0.5, 0.5, 0.5])])
         w.add_vision_is_deepstack_layers([i in deepstack for i in range(int(v["depth"]))])
 
     def mmproj_tensors(self) -> list[TensorSpec]:
@@ -390,7 +391,7 @@ def render_chat(tokenizer, image_processor, merge: int, prompt: str, image=None,
     return Rendered(ids, pixel_values, grid)
 
 
-class Qwen3VLMoeCalibration(Calibration):
+class Qwen3VLMoeCalibration(StandardNames):
     """Runs Qwen3-VL-MoE layer by layer from safetensors, through transformers' own modules.
 
     embed() runs the token embedding and the whole vision tower once per sample (they are
@@ -409,6 +410,11 @@ class Qwen3VLMoeCalibration(Calibration):
         "norm": "Qwen3VLMoeTextRMSNorm",
     }
     EXPERTS_ATTR = "num_experts"  # the text config's routed-expert count
+    NORM_WEIGHT, LM_HEAD, EMBED_WEIGHT = (
+        TEXT_PREFIX + "norm.weight",
+        "lm_head.weight",
+        TEXT_PREFIX + "embed_tokens.weight",
+    )
 
     def __init__(self, conv: Qwen3VLMoe, attn_implementation: str = "sdpa", device: str = "cpu"):
         import importlib
@@ -460,16 +466,6 @@ class Qwen3VLMoeCalibration(Calibration):
         }
 
     # weights
-    def _state(self, prefix: str, skip: str | None = None) -> dict:
-        """Checkpoint tensors under `prefix` (minus names containing `skip`), keyed as the module names them."""
-        import torch
-
-        return {
-            n[len(prefix) :]: torch.from_numpy(self.ckpt.load(n))
-            for n in self.ckpt.names()
-            if n.startswith(prefix) and (skip is None or skip not in n)
-        }
-
     def _ensure_embed(self) -> None:
         import torch
 
@@ -561,24 +557,8 @@ class Qwen3VLMoeCalibration(Calibration):
                 h[0, s["image_mask"]] += s["deepstack"][il].to(h.dtype)
         return h[0]
 
-    def head(self, h):
-        """Logits [T, V] from final hidden states [T, H] (final norm and lm_head, or the tied
-        embedding)."""
-        import torch
-
-        if getattr(self, "_head", None) is None:
-            tc = self.config.text_config
-            norm = self.cls["norm"](tc.hidden_size, eps=tc.rms_norm_eps)
-            norm.load_state_dict({"weight": torch.from_numpy(self.ckpt.load(TEXT_PREFIX + "norm.weight"))})
-            name = (
-                "lm_head.weight"
-                if "lm_head.weight" in self.ckpt.names()
-                else TEXT_PREFIX + "embed_tokens.weight"
-            )
-            w = torch.from_numpy(self.ckpt.load(name))
-            self._head = (norm.to(self.device).requires_grad_(False), w.to(self.device))
-        norm, w = self._head
-        return norm(h.to(self.device)) @ w.T.to(h.dtype)
+    def _norm_class(self):
+        return self.cls["norm"]
 
     def routing(self, router_output):
         """(expert ids [T, k], weights [T, k] as the block scales the outputs, the router's
@@ -604,32 +584,7 @@ class Qwen3VLMoeCalibration(Calibration):
         k = m.repeat_kv(k, attn.num_key_value_groups)
         return q[0], k[0], attn.scaling
 
-    def attention_output(self, attn):
-        """The module whose input is the attention's mixed values (o_proj)."""
-        return attn.o_proj
-
-    _ATTN = (
-        (MODEL_TENSOR.ATTN_Q, "q_proj", "attn_in"),
-        (MODEL_TENSOR.ATTN_K, "k_proj", "attn_in"),
-        (MODEL_TENSOR.ATTN_V, "v_proj", "attn_in"),
-        (MODEL_TENSOR.ATTN_OUT, "o_proj", "o_in"),
-    )
-
-    def attention_names(self, il: int) -> list[tuple[str, str]]:
-        """(GGUF name, input kind: attn_in or o_in) of the layer's attention matrices."""
-        return [(_name(t, il), kind) for t, _, kind in self._ATTN]
-
-    def attention_matrices(self, attn, il: int):
-        """(GGUF name, weight [out, in], input kind) of the layer's attention matrices."""
-        return [(_name(t, il), getattr(attn, mod).weight, kind) for t, mod, kind in self._ATTN]
-
     def expert_weights(self, experts, e: int):
         """Expert e's (gate [I, H], up [I, H], down [H, I]) and activation."""
         gate, up = experts.gate_up_proj[e].chunk(2, dim=0)
         return gate, up, experts.down_proj[e], experts.act_fn
-
-    def gguf_expert_names(self, il: int) -> tuple[str, str, str]:
-        return tuple(
-            _name(t, il)
-            for t in (MODEL_TENSOR.FFN_GATE_EXP, MODEL_TENSOR.FFN_UP_EXP, MODEL_TENSOR.FFN_DOWN_EXP)
-        )

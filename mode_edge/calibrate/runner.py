@@ -47,6 +47,7 @@ from mode_edge.signals import (
     SharedExpertRecorder,
     key_scores,
     method_imatrix,
+    newline_ids,
     query_positions,
     select_key_tokens,
 )
@@ -269,7 +270,7 @@ def calibrate(
     del first_hidden
     special = cal.special_ids()
     tok = cal.tokenizer
-    newline_ids = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
+    newlines = newline_ids(tok)
     im_start = cal.turn_start_id()
     if progress.on_start:
         progress.on_start(cal.n_layers, len(rendered))
@@ -279,7 +280,7 @@ def calibrate(
 
     def key_fn(r, attn_inputs, attn, il):
         chunk = cal.attention_chunk(il)
-        return _modalities(cal, r, attn_inputs, attn, special, newline_ids, im_start, opts.rho, chunk)
+        return _modalities(cal, r, attn_inputs, attn, special, newlines, im_start, opts.rho, chunk)
 
     # key tokens of layers without softmax attention: the last softmax layer's (kept for resume)
     keys_path = partial / "key_tokens.pt"

@@ -32,14 +32,12 @@ def part_of(name: str) -> str:
 
 def dense_layers(names: list[str]) -> list[int]:
     """Blocks with a dense FFN and no router: the dense (non-MoE) layers."""
-    blocks = {int(n.split(".")[1]) for n in names if n.startswith("blk.")}
-
-    def has(b: int, t: str) -> bool:
-        return any(n.startswith(f"blk.{b}.{t}.") for n in names)
-
-    return sorted(
-        b for b in blocks if (has(b, "ffn_gate") or has(b, "ffn_up")) and not has(b, "ffn_gate_inp")
-    )
+    kinds: dict[int, set[str]] = {}
+    for n in names:
+        parts = n.split(".")
+        if parts[0] == "blk" and len(parts) > 2 and parts[1].isdigit():
+            kinds.setdefault(int(parts[1]), set()).add(parts[2])
+    return sorted(b for b, k in kinds.items() if k & {"ffn_gate", "ffn_up"} and "ffn_gate_inp" not in k)
 
 
 def field_value(reader: GGUFReader, key: str) -> Any:

@@ -8,6 +8,7 @@ API = {
     "expert_entries": "importance",
     "method_imatrix": "importance",
     "key_scores": "keytokens",
+    "newline_ids": "keytokens",
     "query_positions": "keytokens",
     "select_key_tokens": "keytokens",
     "AttentionRecorder": "attention",

@@ -12,6 +12,14 @@ import math
 import torch
 
 
+def newline_ids(tokenizer) -> set[int]:
+    """Tokens that end with a newline: where a role header written after a turn's opening
+    token ends (query_positions)."""
+    return {
+        i for t, i in tokenizer.get_vocab().items() if tokenizer.convert_tokens_to_string([t]).endswith("\n")
+    }
+
+
 def query_positions(
     ids: torch.Tensor,
     image_mask: torch.Tensor,

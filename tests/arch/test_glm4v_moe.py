@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from testbed.tiny_glm4v_moe import LAYOUTS, build_tiny_model, sample_image
-from tests.arch.test_qwen3_vl_moe import assert_text_logits_match
+from tests.arch.test_qwen3_vl_moe import assert_text_logits_match, assert_tokenization_matches
 
 GLM_PROMPT = "[gMASK]<sop><|user|>\nWhat shape is left of the red square?<|assistant|>\n"
 TOKENIZE_GLM = [
@@ -65,20 +65,11 @@ def test_logits_match_transformers(glm, hf_glm, layout):
 
 @pytest.mark.runtime
 def test_tokenizer_matches_transformers(glm):
-    import llama_cpp
     from transformers import AutoTokenizer
 
     model_dir, text, _ = glm["per_expert"]
     tok = AutoTokenizer.from_pretrained(model_dir)
-    llm = llama_cpp.Llama(str(text), vocab_only=True, verbose=False)
-    try:
-        for s in TOKENIZE_GLM:
-            ref = tok(s, add_special_tokens=False)["input_ids"]
-            got = llm.tokenize(s.encode(), add_bos=False, special=True)
-            assert got == ref, f"tokenization differs on {s!r}"
-            assert llm.detokenize(got, special=True).decode() == tok.decode(ref, skip_special_tokens=False)
-    finally:
-        llm.close()
+    assert_tokenization_matches(tok, text, TOKENIZE_GLM, add_special_tokens=False)
 
 
 def test_metadata_read_back_by_gguf_py(glm):

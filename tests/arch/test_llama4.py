@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from testbed.tiny_llama4 import build_tiny_model, sample_image
-from tests.arch.test_qwen3_vl_moe import _llama
+from tests.arch.test_qwen3_vl_moe import _llama, assert_tokenization_matches
 
 HEADER = "<|begin_of_text|><|header_start|>user<|header_end|>\n\n"
 ASK = "What shape is this?<|eot|><|header_start|>assistant<|header_end|>\n\n"
@@ -89,20 +89,11 @@ def test_logits_match_transformers(l4, variant):
 
 @pytest.mark.runtime
 def test_tokenizer_matches_transformers(l4):
-    import llama_cpp
     from transformers import AutoTokenizer
 
     model_dir, text, _ = l4["default"]
     tok = AutoTokenizer.from_pretrained(model_dir)
-    llm = llama_cpp.Llama(str(text), vocab_only=True, verbose=False)
-    try:
-        for s in TOKENIZE:
-            ref = tok(s, add_special_tokens=False)["input_ids"]
-            got = llm.tokenize(s.encode(), add_bos=False, special=True)
-            assert got == ref, f"tokenization differs on {s!r}"
-            assert llm.detokenize(got, special=True).decode() == tok.decode(ref, skip_special_tokens=False)
-    finally:
-        llm.close()
+    assert_tokenization_matches(tok, text, TOKENIZE, add_special_tokens=False)
 
 
 def test_metadata_read_back_by_gguf_py(l4):

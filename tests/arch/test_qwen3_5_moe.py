@@ -13,7 +13,11 @@ from PIL import Image
 
 from testbed.tiny_qwen3_5_moe import LAYOUTS, build_tiny_model
 from tests.arch.test_mmproj import _f16_vision_reference
-from tests.arch.test_qwen3_vl_moe import TOKENIZE_STRINGS, assert_text_logits_match
+from tests.arch.test_qwen3_vl_moe import (
+    TOKENIZE_STRINGS,
+    assert_text_logits_match,
+    assert_tokenization_matches,
+)
 
 # combining marks (\p{M}): where the qwen35 pre-tokenizer splits differently from qwen2. Marks
 # without a precomposed form: transformers NFC-normalizes first, llama.cpp does not normalize.
@@ -51,21 +55,12 @@ def test_logits_match_transformers(q35, hf_q35, layout):
 
 @pytest.mark.runtime
 def test_tokenizer_matches_transformers(q35):
-    import llama_cpp
     from transformers import AutoTokenizer
 
     model_dir, text, _ = q35["fused"]
     tok = AutoTokenizer.from_pretrained(model_dir)
     assert type(tok).__name__ == "Qwen3_5Tokenizer"  # its own pre-tokenizer, not tokenizer.json's
-    llm = llama_cpp.Llama(str(text), vocab_only=True, verbose=False)
-    try:
-        for s in TOKENIZE_35:
-            ref = tok(s)["input_ids"]
-            got = llm.tokenize(s.encode(), add_bos=False, special=True)
-            assert got == ref, f"tokenization differs on {s!r}"
-            assert llm.detokenize(got, special=True).decode() == tok.decode(ref, skip_special_tokens=False)
-    finally:
-        llm.close()
+    assert_tokenization_matches(tok, text, TOKENIZE_35)
 
 
 def test_metadata_read_back_by_gguf_py(q35):

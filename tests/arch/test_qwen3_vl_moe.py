@@ -42,6 +42,22 @@ def _llama(path):
     )
 
 
+def assert_tokenization_matches(tok, gguf, strings, add_special_tokens: bool = True) -> None:
+    """llama.cpp's tokenizer of `gguf` gives transformers' ids on every string (special tokens
+    parsed), and detokenizes them to the same text."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+    try:
+        for s in strings:
+            ref = tok(s, add_special_tokens=add_special_tokens)["input_ids"]
+            got = llm.tokenize(s.encode(), add_bos=False, special=True)
+            assert got == ref, f"tokenization differs on {s!r}"
+            assert llm.detokenize(got, special=True).decode() == tok.decode(ref, skip_special_tokens=False)
+    finally:
+        llm.close()
+
+
 def assert_text_logits_match(model, model_dir, gguf, case: str) -> None:
     """Every prompt of PROMPTS through transformers' `model` and llama.cpp's `gguf`: max |logit
     difference| within 1e-3 of the logit range, the same argmax at every position."""
@@ -72,20 +88,10 @@ def test_logits_match_transformers(case, converted, hf_models, tiny_models):
 
 @pytest.mark.runtime
 def test_tokenizer_matches_transformers(converted, tiny_models):
-    import llama_cpp
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_models["transformers"])
-    llm = llama_cpp.Llama(str(converted["transformers"][0]), vocab_only=True, verbose=False)
-    try:
-        for s in TOKENIZE_STRINGS:
-            ref = tok(s)["input_ids"]
-            got = llm.tokenize(s.encode(), add_bos=False, special=True)
-            assert got == ref, f"tokenization differs on {s!r}"
-            # and back: llama.cpp detokenizes to the same text
-            assert llm.detokenize(got, special=True).decode() == tok.decode(ref, skip_special_tokens=False)
-    finally:
-        llm.close()
+    assert_tokenization_matches(tok, converted["transformers"][0], TOKENIZE_STRINGS)
 
 
 def test_metadata_read_back_by_gguf_py(converted, tiny_models):

@@ -14,7 +14,7 @@ from mode_edge.arch import architecture_for
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
 from mode_edge.formats.checkpoint import Checkpoint
 from mode_edge.formats.stats import KEY, RED, TEXT, ExpertStats
-from mode_edge.signals.keytokens import key_scores, query_positions
+from mode_edge.signals.keytokens import key_scores, newline_ids, query_positions
 from tests.helpers import FAST, hf_inputs, make_data
 
 
@@ -104,7 +104,7 @@ def test_key_token_scores_equal_eager_attention(model_dir, rendered):
     ).eval()
     special = cal_eager.special_ids()
     tok = cal_eager.tokenizer
-    newline = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
+    newline = newline_ids(tok)
     im_start = tok.convert_tokens_to_ids("<|im_start|>")
     r = rs[0]
     with torch.no_grad():

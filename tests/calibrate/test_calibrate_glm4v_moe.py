@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mode_edge.arch import architecture_for
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
-from mode_edge.formats.checkpoint import Checkpoint
-from mode_edge.formats.samples import load_image, read_samples
 from mode_edge.formats.stats import KEY, RED, TEXT, ExpertStats
-from mode_edge.signals.keytokens import query_positions, select_key_tokens
+from mode_edge.signals.keytokens import newline_ids, query_positions, select_key_tokens
 from testbed.tiny_glm4v_moe import build_tiny_model
-from tests.helpers import FAST, hf_inputs
+from tests.helpers import FAST, hf_inputs, render_calibration
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +31,7 @@ def hf(model_dir):
 
 @pytest.fixture(scope="module")
 def rendered(model_dir, calibration_data):
-    cal = architecture_for(Checkpoint(model_dir)).calibration()
-    samples = read_samples(calibration_data, 128, 0)
-    return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]
+    return render_calibration(model_dir, calibration_data)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +85,7 @@ def test_counts_follow_the_biased_grouped_router(stats, rendered, hf):
     assert st.moe_layers == [1, 2]
     special = cal.special_ids()
     tok = cal.tokenizer
-    newline = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
+    newline = newline_ids(tok)
     expected = {il: np.zeros((3, cal.n_experts), dtype=np.int64) for il in st.moe_layers}
     naive = {il: np.zeros((3, cal.n_experts), dtype=np.int64) for il in st.moe_layers}
     for r in rs:

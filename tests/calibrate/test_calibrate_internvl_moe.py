@@ -11,11 +11,10 @@ import torch
 from mode_edge.arch import architecture_for
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
 from mode_edge.formats.checkpoint import Checkpoint
-from mode_edge.formats.samples import load_image, read_samples
 from mode_edge.formats.stats import KEY, RED, TEXT, ExpertStats
-from mode_edge.signals.keytokens import key_scores, query_positions
+from mode_edge.signals.keytokens import key_scores, newline_ids, query_positions
 from testbed.tiny_internvl_moe import build_tiny_model
-from tests.helpers import FAST
+from tests.helpers import FAST, render_calibration
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +33,7 @@ def hf(model_dir):
 
 @pytest.fixture(scope="module")
 def rendered(model_dir, calibration_data):
-    cal = architecture_for(Checkpoint(model_dir)).calibration()
-    samples = read_samples(calibration_data, 128, 0)
-    return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]
+    return render_calibration(model_dir, calibration_data)
 
 
 def _inputs(r):
@@ -118,7 +115,7 @@ def test_key_token_scores_equal_eager_attention(rendered, hf, model_dir):
     ids = torch.from_numpy(r.input_ids)
     image = ids == cal.image_token_id
     tok = cal.tokenizer
-    newline = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
+    newline = newline_ids(tok)
     queries = query_positions(ids, image, cal.special_ids(), newline, cal.turn_start_id())
     assert "What shape" in tok.decode(ids[queries]) and "<" not in tok.decode(ids[queries])
     s = cal.embed(r)

@@ -12,11 +12,10 @@ import torch
 from mode_edge.arch import architecture_for
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
 from mode_edge.formats.checkpoint import Checkpoint
-from mode_edge.formats.samples import load_image, read_samples
 from mode_edge.formats.stats import KEY, RED, TEXT, ExpertStats
-from mode_edge.signals.keytokens import key_scores, query_positions, select_key_tokens
+from mode_edge.signals.keytokens import key_scores, newline_ids, query_positions, select_key_tokens
 from testbed.tiny_llama4 import build_tiny_model
-from tests.helpers import FAST
+from tests.helpers import FAST, render_calibration
 
 CHUNK = 16
 
@@ -32,8 +31,6 @@ def _lm(model_dir, **overrides):
     cfg = Llama4Config.from_pretrained(model_dir)
     for k, v in overrides.items():
         setattr(cfg.text_config, k, v)
-    if "attention_chunk_size" in overrides:  # layer types were derived with the old chunk
-        cfg.text_config.layer_types = list(cfg.text_config.layer_types)
     model = Llama4ForConditionalGeneration.from_pretrained(
         model_dir, config=cfg, dtype=torch.float32, attn_implementation="eager"
     )
@@ -47,9 +44,7 @@ def hf(model_dir):
 
 @pytest.fixture(scope="module")
 def rendered(model_dir, calibration_data):
-    cal = architecture_for(Checkpoint(model_dir)).calibration()
-    samples = read_samples(calibration_data, 128, 0)
-    return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]
+    return render_calibration(model_dir, calibration_data)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +105,7 @@ def test_counts_follow_the_router_and_experts_read_scaled_inputs(stats, rendered
     assert st.moe_layers == [1, 3] and sorted(st.manifest["dense_tensors"]) == ["0", "2"]
     special = cal.special_ids()
     tok = cal.tokenizer
-    newline = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
+    newline = newline_ids(tok)
     expected = {il: np.zeros((3, cal.n_experts), dtype=np.int64) for il in st.moe_layers}
     scaled = {il: np.zeros((cal.n_experts, cal.hidden)) for il in st.moe_layers}
     plain = {il: np.zeros((cal.n_experts, cal.hidden)) for il in st.moe_layers}
@@ -157,7 +152,7 @@ def test_key_scores_under_chunked_attention_equal_eager_attention(model_dir, ren
     ids = torch.from_numpy(r.input_ids)
     image = ids == cal.image_token_id
     tok = cal.tokenizer
-    newline = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
+    newline = newline_ids(tok)
     queries = query_positions(ids, image, cal.special_ids(), newline, cal.turn_start_id())
     _, out = _trace(lm, cal, r)
     s = cal.embed(r)

@@ -15,11 +15,10 @@ from mode_edge.arch import architecture_for
 from mode_edge.arch.qwen3_5_moe import v_head_order
 from mode_edge.calibrate.runner import CalibrationOptions, calibrate
 from mode_edge.formats.checkpoint import Checkpoint
-from mode_edge.formats.samples import load_image, read_samples
 from mode_edge.formats.stats import KEY, RED, TEXT, ExpertStats
-from mode_edge.signals.keytokens import key_scores, query_positions, select_key_tokens
+from mode_edge.signals.keytokens import key_scores, newline_ids, query_positions, select_key_tokens
 from testbed.tiny_qwen3_5_moe import build_tiny_model
-from tests.helpers import FAST, hf_inputs
+from tests.helpers import FAST, hf_inputs, render_calibration
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +37,7 @@ def hf(model_dir):
 
 @pytest.fixture(scope="module")
 def rendered(model_dir, calibration_data):
-    cal = architecture_for(Checkpoint(model_dir)).calibration()
-    samples = read_samples(calibration_data, 128, 0)
-    return cal, [cal.render(s, load_image(s.image) if s.image else None) for s in samples]
+    return render_calibration(model_dir, calibration_data)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +103,7 @@ def test_counts_and_key_tokens_follow_transformers(stats, rendered, hf, model_di
     source = {0: 1, 1: 1, 2: 1, 3: 3}  # which layer's attention picks each layer's key tokens
     special = cal.special_ids()
     tok = cal.tokenizer
-    newline = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
+    newline = newline_ids(tok)
     expected = np.zeros((cal.n_layers, 3, cal.n_experts), dtype=np.int64)
     for r in rs:
         seen, out = _layer_trace(hf, r, cal)
@@ -141,7 +138,7 @@ def test_key_scores_equal_eager_attention_on_full_layers(rendered, hf, model_dir
     ids = torch.from_numpy(r.input_ids)
     image = ids == cal_eager.image_token_id
     tok = cal_eager.tokenizer
-    newline = {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]).endswith("\n")}
+    newline = newline_ids(tok)
     queries = query_positions(ids, image, cal_eager.special_ids(), newline, cal_eager.turn_start_id())
     s = cal_eager.embed(r)
     checked = 0
