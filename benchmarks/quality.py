@@ -4,7 +4,8 @@
                                  [--presets Q2_K_S IQ2_M …] [--experiments …] [--heldout]
                                  [--out /tmp/mode-quality] [--table]
 
-Calibration pool: the first 512 samples of the generator's calibration split; each seed draws
+Calibration pool: the first 512 samples of the generator's calibration split (hard-calibration with
+--suite hard: the 64-expert testbed of `python -m testbed build-large`); each seed draws
 --samples (128) of them. Per seed: calibrate once (every ladder type, both importances), then
 
   methods      every method at W3 (3.2), W2 (2.45) and W1 (2.1) bits per routed-expert weight,
@@ -17,7 +18,7 @@ Calibration pool: the first 512 samples of the generator's calibration split; ea
                the counts, a floor type, the old balanced packing)
   references   F32 (the KL reference), Q8_0, uniform Q4_K/Q3_K/Q2_K with the plain imatrix
 
-Every file is evaluated on the test split's first --limit (312) samples: exact match and KL
+Every file is evaluated on the test split's first --limit (312; hard-test's 400) samples: exact match and KL
 divergence (x1e-4) on vision and on text answers, top-1 agreement with F32. --heldout then
 evaluates the W3/W2 files of the main methods once more on samples far later in the stream
 (from 100000 on), to check nothing was tuned on the benchmark split. Rows are appended to
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the checkout's testbed/
 
 from quality_report import PRESETS, report  # noqa: E402
 
@@ -142,7 +144,12 @@ class Bench:
         from mode_edge.evaluate import evaluate
 
         r = evaluate(
-            text_path, limit=self.args.limit, reference=self.ref, reference_cache=self.ref_cache, start=start
+            text_path,
+            tasks=self.args.test_split,
+            limit=self.args.limit,
+            reference=self.ref,
+            reference_cache=self.ref_cache,
+            start=start,
         )
         fam = {f: r.families.get(f, {}) for f in ("vision", "text")}
         return {
@@ -317,9 +324,21 @@ def heldout(b: Bench) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=Path("examples/demo-model"))
+    ap.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="HF checkpoint (default: examples/demo-model; with --suite hard, the testbed of "
+        "`python -m testbed build-large`)",
+    )
+    ap.add_argument(
+        "--suite",
+        default="demo",
+        choices=["demo", "hard"],
+        help="task suite: the demo's splits, or hard-calibration / hard-test (hard_tasks.py)",
+    )
     ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--limit", type=int, default=312)
+    ap.add_argument("--limit", type=int, default=None, help="test samples (default: 312 demo, 400 hard)")
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--methods", nargs="+", default=METHOD_ROWS, choices=list(METHODS))
@@ -333,11 +352,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/mode-quality"))
     ap.add_argument("--table", action="store_true", help="only print the report of the rows in OUT")
     args = ap.parse_args()
+    hard = args.suite == "hard"
+    if args.model is None:
+        from testbed.build_large import default_dir
+
+        args.model = default_dir() if hard else Path("examples/demo-model")
+    args.limit = args.limit or (400 if hard else 312)
+    args.test_split = "hard-test" if hard else "test"
     args.out.mkdir(parents=True, exist_ok=True)
     b = Bench(args)
     if not args.table:
         t0 = time.perf_counter()
-        data = args.data or export_split(args.out / "calibration-512", "calibration", 512)
+        cal = "hard-calibration" if hard else "calibration"
+        data = args.data or export_split(args.out / f"{cal}-512", cal, 512)
         f32 = export_model(args.model, args.out / "files" / "f32", "f32")
         b.ref = f32.text_path
         if not b.has("F32", "-"):
@@ -350,7 +377,7 @@ def main() -> None:
         if args.heldout:
             heldout(b)
         print(f"\n{time.perf_counter() - t0:.0f} s")
-    print(report(b.rows, args.out))
+    print(report(b.rows, args.out, model="64-expert testbed" if hard else "demo model"))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def preset_lines(rows: list[dict], default: str) -> list[str]:
     return out
 
 
-def plot(rows: list[dict], path: Path, default: str) -> None:
+def plot(rows: list[dict], path: Path, default: str, model: str = "demo model") -> None:
     """KLD (log) vs total bytes: uniform types as a line, presets as points, methods as lines over
     the three budgets, the default at each preset's size as points (means over seeds)."""
     import matplotlib
@@ -162,7 +162,7 @@ def plot(rows: list[dict], path: Path, default: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("total bytes of both GGUF files (MB)")
     ax.set_ylabel("KL(F32 || file) per answer token (nats, log)")
-    ax.set_title("demo model: KLD vs size (mean over calibration seeds)")
+    ax.set_title(f"{model}: KLD vs size (mean over calibration seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -188,7 +188,7 @@ def per_row(rows: list[dict]) -> list[str]:
     return out
 
 
-def report(rows: list[dict], out: Path, default: str | None = None) -> str:
+def report(rows: list[dict], out: Path, default: str | None = None, model: str = "demo model") -> str:
     from mode_edge.allocate.methods import DEFAULT_METHOD
 
     default = default or DEFAULT_METHOD
@@ -215,7 +215,7 @@ def report(rows: list[dict], out: Path, default: str | None = None) -> str:
     text = "\n".join(lines)
     (out / "quality.txt").write_text(text + "\n\nper file:\n" + "\n".join(per_row(rows)) + "\n")
     if _ok(rows):
-        plot(rows, out / "quality.png", default)
+        plot(rows, out / "quality.png", default, model)
     return text
 
 
@@ -224,4 +224,4 @@ if __name__ == "__main__":
 
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/mode-quality")
     data = [json.loads(x) for x in (folder / "quality.jsonl").read_text().splitlines()]
-    print(report(data, folder))
+    print(report(data, folder, model=sys.argv[2] if len(sys.argv) > 2 else "demo model"))

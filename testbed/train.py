@@ -63,6 +63,10 @@ class TrainConfig:
     # with init_from: split every expert into this many copies, top-k times as many (testbed/upcycle.py)
     upcycle: int = 1
     upcycle_noise: float = 0.0
+    upcycle_mode: str = "copy"  # or split (testbed/upcycle.py)
+    upcycle_router_noise: float = 0.0
+    # task suite: "demo" (train / test splits) or "hard" (hard-train / hard-test: hard_tasks.py)
+    suite: str = "demo"
 
 
 def demo_config_dict(vocab_size: int, special: dict[str, int], cfg: TrainConfig) -> dict:
@@ -239,17 +243,25 @@ def routing_summary(counts: np.ndarray, mostly: float = 0.5) -> dict:
     }
 
 
+def split_name(cfg: TrainConfig, split: str) -> str:
+    """The generator split of the config's task suite ("train" -> "hard-train" for the hard suite)."""
+    if cfg.suite not in ("demo", "hard"):
+        raise ValueError(f"suite must be demo or hard, not {cfg.suite!r}")
+    return split if cfg.suite == "demo" else f"hard-{split}"
+
+
 def training_rows(step: int, cfg: TrainConfig) -> list[list[tasks.Example]]:
     """The conversations of one step: a fixed function of the step (the train split's streams)."""
     v0, t0 = step * cfg.vision_rows, step * cfg.text_rows * cfg.text_turns
     w = cfg.task_weights
+    train = split_name(cfg, "train")
     rows = [
-        [tasks.family_example("train", "vision", v0 + i, cfg.image_size, w, cfg.curriculum)]
+        [tasks.family_example(train, "vision", v0 + i, cfg.image_size, w, cfg.curriculum)]
         for i in range(cfg.vision_rows)
     ]
     rows += [
         [
-            tasks.family_example("train", "text", t0 + i * cfg.text_turns + k, weights=w)
+            tasks.family_example(train, "text", t0 + i * cfg.text_turns + k, weights=w)
             for k in range(cfg.text_turns)
         ]
         for i in range(cfg.text_rows)
@@ -294,7 +306,14 @@ def build_untrained(out_dir: Path, cfg: TrainConfig):
         if cfg.upcycle > 1:
             from testbed.upcycle import upcycle
 
-            upcycle(model, cfg.upcycle, cfg.upcycle_noise, cfg.seed)
+            upcycle(
+                model,
+                cfg.upcycle,
+                cfg.upcycle_noise,
+                cfg.seed,
+                mode=cfg.upcycle_mode,
+                router_noise=cfg.upcycle_router_noise,
+            )
         # the record (training.json) describes the model trained, not the defaults
         tc, vc = model.config.text_config, model.config.vision_config
         cfg.n_layers, cfg.n_experts, cfg.top_k = tc.num_hidden_layers, tc.num_experts, tc.num_experts_per_tok
@@ -373,7 +392,7 @@ def train(
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
-    held_out = tasks.split_examples("test", cfg.eval_samples, start=100_000, image_size=cfg.image_size)
+    held_out = tasks.split_examples(split_name(cfg, "test"), cfg.eval_samples, start=100_000, image_size=cfg.image_size)
     history = []
     for step in range(cfg.steps):
         batch = enc.batch_rows(training_rows(cfg.data_offset + step, cfg))

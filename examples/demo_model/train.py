@@ -19,16 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's t
 from testbed.train import TrainConfig, train  # noqa: E402
 
 
-def _weights(spec: str | None) -> dict[str, float] | None:
+def _weights(spec: str | None, suite: str = "demo") -> dict[str, float] | None:
     if not spec:
         return None
-    from mode_edge.evaluate.tasks import TASKS
+    from mode_edge.evaluate.tasks import suite_tasks
 
+    names = sum(suite_tasks("hard-test" if suite == "hard" else "test"), ())
     out = {}
     for part in spec.split(","):
         name, _, w = part.partition("=")
-        if name.strip() not in TASKS:
-            raise SystemExit(f"--task-weights: unknown task {name!r}; tasks are {', '.join(TASKS)}")
+        if name.strip() not in names:
+            raise SystemExit(f"--task-weights: unknown task {name!r}; tasks are {', '.join(names)}")
         out[name.strip()] = float(w)
     return out
 
@@ -73,6 +74,14 @@ def main() -> None:
         help="with --init-from: each expert split into FACTOR copies (top-k x FACTOR), weights "
         "perturbed by NOISE x their std so the copies can diverge (e.g. 4,0.01: 16 top-2 -> 64 top-8)",
     )
+    ap.add_argument(
+        "--upcycle-mode",
+        default="copy",
+        choices=["copy", "split"],
+        help="split: each new expert holds 1/FACTOR of the old one's units plus fresh ones (testbed/upcycle.py)",
+    )
+    ap.add_argument("--router-noise", type=float, default=0.0, help="with --upcycle: noise on the router rows only")
+    ap.add_argument("--suite", default="demo", choices=["demo", "hard"], help="task suite to train on")
     ap.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples)
     ap.add_argument("--snapshots", action="store_true", help="save OUT-step<N>/ at every evaluation")
     a = ap.parse_args()
@@ -89,12 +98,14 @@ def main() -> None:
         data_offset=a.data_offset,
         warmup=a.warmup,
         eval_samples=a.eval_samples,
-        task_weights=_weights(a.task_weights),
+        task_weights=_weights(a.task_weights, a.suite),
+        suite=a.suite,
         curriculum=a.curriculum,
     )
     if a.upcycle:
         factor, noise = a.upcycle.split(",")
         cfg.upcycle, cfg.upcycle_noise = int(factor), float(noise)
+        cfg.upcycle_mode, cfg.upcycle_router_noise = a.upcycle_mode, a.router_noise
     if a.grow_vision:
         cfg.vision_depth, cfg.vision_ff = (int(x) for x in a.grow_vision.split(","))
     a.out.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def resolve_model(path: Path, mmproj: Path | None = None) -> tuple[Path, Path]:
 
 
 def load_examples(source: str, limit: int, start: int = 0) -> list[task_gen.Example]:
-    """A split of the built-in generator (train, calibration, test; from example `start` on) or a
+    """A split of the built-in generator (train, calibration, test, hard-*; from example `start` on) or a
     folder in the calibration format whose lines also hold "answer" (and optionally "task")."""
     if limit < 1:
         raise UserError(f"--limit {limit} is not positive", "pass at least 1")

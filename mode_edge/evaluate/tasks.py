@@ -61,7 +61,15 @@ VISION_TASKS = ("color", "shape", "count", "position", "left_of", "bigger", "dig
 TEXT_TASKS = ("add", "reverse", "sort", "next_letter", "capital")
 TASKS = VISION_TASKS + TEXT_TASKS
 
-SPLIT_SEEDS = {"train": 1_000_003, "calibration": 2_000_003, "test": 3_000_017}
+SPLIT_SEEDS = {
+    "train": 1_000_003,
+    "calibration": 2_000_003,
+    "test": 3_000_017,
+    # the harder suite of the 64-expert testbed (hard_tasks.py): same roles, other seeds
+    "hard-train": 4_000_037,
+    "hard-calibration": 5_000_011,
+    "hard-test": 6_000_047,
+}
 # Share of vision examples per split. Training sees enough text to learn it; calibration is
 # image+text like the data MODE calibrates on (a few text-only lines keep text experts in
 # view); test alternates so that both families get the same number.
@@ -80,8 +88,19 @@ class Example:
         return "vision" if self.image is not None else "text"
 
 
+def suite_tasks(split: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(vision tasks, text tasks) of a split's suite: the demo's, or hard_tasks' for hard-* splits."""
+    if split.startswith("hard-"):
+        from mode_edge.evaluate import hard_tasks
+
+        return hard_tasks.VISION_TASKS, hard_tasks.TEXT_TASKS
+    return VISION_TASKS, TEXT_TASKS
+
+
 def family_of(task: str) -> str:
-    return "vision" if task in VISION_TASKS else "text"
+    from mode_edge.evaluate import hard_tasks
+
+    return "vision" if task in VISION_TASKS or task in hard_tasks.VISION_TASKS else "text"
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -252,7 +271,15 @@ def _text(task: str, rng: random.Random) -> Example:
 def make_example(
     task: str, rng: random.Random, image_size: int = IMAGE_SIZE, curriculum: bool = False
 ) -> Example:
-    return _vision(task, rng, image_size, curriculum) if task in VISION_TASKS else _text(task, rng)
+    if task in VISION_TASKS:
+        return _vision(task, rng, image_size, curriculum)
+    if task in TEXT_TASKS:
+        return _text(task, rng)
+    from mode_edge.evaluate import hard_tasks
+
+    if task in hard_tasks.VISION_TASKS:
+        return hard_tasks.vision(task, rng, image_size)
+    return hard_tasks.text(task, rng)
 
 
 def example(split: str, i: int, image_size: int = IMAGE_SIZE) -> Example:
@@ -260,11 +287,12 @@ def example(split: str, i: int, image_size: int = IMAGE_SIZE) -> Example:
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; one of {sorted(SPLIT_SEEDS)}")
     rng = random.Random(SPLIT_SEEDS[split] * 1_000_003 + i)
-    if split == "test":  # alternate families, cycle through each family's tasks
-        tasks = VISION_TASKS if i % 2 == 0 else TEXT_TASKS
+    vision, text = suite_tasks(split)
+    if split.endswith("test"):  # alternate families, cycle through each family's tasks
+        tasks = vision if i % 2 == 0 else text
         task = tasks[(i // 2) % len(tasks)]
     else:
-        tasks = VISION_TASKS if rng.random() < VISION_SHARE[split] else TEXT_TASKS
+        tasks = vision if rng.random() < VISION_SHARE[split.removeprefix("hard-")] else text
         task = rng.choice(tasks)
     return make_example(task, rng, image_size)
 
@@ -288,7 +316,7 @@ def family_example(
     if family not in ("vision", "text"):
         raise ValueError(f"family must be vision or text, not {family!r}")
     rng = random.Random((SPLIT_SEEDS[split] * 1_000_003 + i) * 2 + (family == "text"))
-    names = VISION_TASKS if family == "vision" else TEXT_TASKS
+    names = suite_tasks(split)[family != "vision"]
     if weights:
         task = rng.choices(names, weights=[weights.get(t, 1.0) for t in names])[0]
     else:
