@@ -1,0 +1,42 @@
+"""build-large's cache handling and the routing statistics of the testbed's card (report_large)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from testbed.build_large import RECIPE, build_large
+from testbed.report_large import routing_stats
+
+
+def test_a_built_testbed_is_reused_and_another_model_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "t64"
+    out.mkdir()
+    (out / "training.json").write_text(json.dumps({"config": {**RECIPE, "threads": 2}}))
+    assert build_large(out) == out  # returns at once: nothing trained
+    assert "recipe unchanged" in capsys.readouterr().err
+    (out / "training.json").write_text(json.dumps({"config": {**RECIPE, "steps": 5}}))
+    with pytest.raises(SystemExit, match="another model"):
+        build_large(out)
+    assert (out / "training.json").is_file()
+
+
+def test_routing_stats():
+    L, E = 2, 8
+    counts = np.full((L, E, 2), 10, dtype=np.int64)
+    flat = routing_stats(counts, siblings=4)["layers"][0]
+    assert flat["cv"] == pytest.approx(0) and flat["busiest8_share"] == pytest.approx(1.0)
+    assert flat["sibling_cv"] == pytest.approx(0) and flat["mostly_text"] == 0
+    counts[1, 0] = (0, 50)  # only vision tokens
+    counts[1, 1] = (40, 0)  # only text tokens
+    counts[1, 2] = (0, 0)  # never selected
+    d = routing_stats(counts, siblings=4)
+    layer = d["layers"][1]
+    assert layer["never"] == 1 and layer["mostly_text"] == 1
+    assert layer["vision_preferring"] == 1 and layer["text_preferring"] == 1
+    assert sum(layer["text_share_hist"]) == E - 1  # the unselected expert is not in the histogram
+    assert layer["cv"] > 0
+    assert layer["sibling_text_range"] == pytest.approx(0.5)  # parts 0-3: text shares 0, 1, 0, 0.5; 4-7 alike
+    assert d["mostly_text_experts"] == 1 and d["experts"] == L * E
