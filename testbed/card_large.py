@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from testbed.build_large import RECIPE
-
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
@@ -12,9 +10,7 @@ def _pct(x: float | None) -> str:
 def _routing_rows(name: str, ro: dict) -> list[str]:
     out = []
     for l, d in enumerate(ro["layers"]):
-        sib = (
-            f"{d['sibling_cv']:.2f} / {100 * d['sibling_text_range']:.0f} pt" if "sibling_cv" in d else "-"
-        )
+        sib = f"{d['sibling_cv']:.2f} / {100 * d['sibling_text_range']:.0f} pt" if "sibling_cv" in d else "-"
         out.append(
             f"| {name} | {l} | {_pct(d['text_share_of_layer'])} | {d['cv']:.2f} | {d['cv_vision']:.2f} | "
             f"{d['cv_text']:.2f} | {_pct(d['busiest8_share'])} | {d['never']} | {d['mostly_text']} | "

@@ -32,7 +32,10 @@ def hf_greedy(model, enc, examples, max_new: int = 16) -> list[str]:
         ids = torch.from_numpy(r.input_ids)[None]
         kw = {"mm_token_type_ids": (ids == enc.image_token_id).int()}
         if r.pixel_values is not None:
-            kw.update(pixel_values=torch.from_numpy(r.pixel_values), image_grid_thw=torch.from_numpy(r.image_grid_thw))
+            kw.update(
+                pixel_values=torch.from_numpy(r.pixel_values),
+                image_grid_thw=torch.from_numpy(r.image_grid_thw),
+            )
         with torch.no_grad():
             gen = model.generate(
                 input_ids=ids,
@@ -148,7 +151,9 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("measure")
     m.add_argument("--model", type=Path, default=None, help="default: build-large's cache folder")
-    m.add_argument("--gguf-dir", type=Path, required=True, help="where the F32 GGUF goes (converted if missing)")
+    m.add_argument(
+        "--gguf-dir", type=Path, required=True, help="where the F32 GGUF goes (converted if missing)"
+    )
     m.add_argument("--test", type=int, default=400)
     m.add_argument("--calibration", type=int, default=256)
     m.add_argument("--threads", type=int, default=None)

@@ -392,7 +392,9 @@ def train(
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
-    held_out = tasks.split_examples(split_name(cfg, "test"), cfg.eval_samples, start=100_000, image_size=cfg.image_size)
+    held_out = tasks.split_examples(
+        split_name(cfg, "test"), cfg.eval_samples, start=100_000, image_size=cfg.image_size
+    )
     history = []
     for step in range(cfg.steps):
         batch = enc.batch_rows(training_rows(cfg.data_offset + step, cfg))

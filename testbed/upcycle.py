@@ -20,7 +20,9 @@ diverge; with noise 0 the upcycled model computes what the original does (tests/
 from __future__ import annotations
 
 
-def upcycle(model, factor: int, noise: float = 0.0, seed: int = 0, mode: str = "copy", router_noise: float = 0.0):
+def upcycle(
+    model, factor: int, noise: float = 0.0, seed: int = 0, mode: str = "copy", router_noise: float = 0.0
+):
     """In place on a Qwen3VLMoeForConditionalGeneration; returns it. router_noise: like noise,
     for the router rows only (split: breaks the ties between an old expert's parts)."""
     import torch

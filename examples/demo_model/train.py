@@ -80,7 +80,9 @@ def main() -> None:
         choices=["copy", "split"],
         help="split: each new expert holds 1/FACTOR of the old one's units plus fresh ones (testbed/upcycle.py)",
     )
-    ap.add_argument("--router-noise", type=float, default=0.0, help="with --upcycle: noise on the router rows only")
+    ap.add_argument(
+        "--router-noise", type=float, default=0.0, help="with --upcycle: noise on the router rows only"
+    )
     ap.add_argument("--suite", default="demo", choices=["demo", "hard"], help="task suite to train on")
     ap.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples)
     ap.add_argument("--snapshots", action="store_true", help="save OUT-step<N>/ at every evaluation")

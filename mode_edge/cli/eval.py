@@ -28,7 +28,9 @@ prompts.jsonl whose lines also hold "answer". The projector is found beside the 
 def eval_cmd(
     model: Path = typer.Argument(..., help="Text GGUF, or a folder written by `mode-edge convert`/`pack`."),
     tasks: str = typer.Option(
-        "test", "--tasks", help="Split (test, calibration, train; hard-test etc. for the hard suite) or a prompts.jsonl folder."
+        "test",
+        "--tasks",
+        help="Split (test, calibration, train; hard-test etc. for the hard suite) or a prompts.jsonl folder.",
     ),
     limit: int = typer.Option(
         208, "--limit", help="How many samples (the split's first N; families alternate in test)."

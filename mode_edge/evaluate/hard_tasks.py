@@ -45,7 +45,7 @@ def _row_scene(rng: random.Random, size: int, n: int):
         y0 = rng.randint(t._px(8, size), size - t._px(8, size) - s)
         boxes.append((i, (x0, y0, x0 + s, y0 + s)))
     boxes.sort()
-    for (i, b), c, sh in zip(boxes, colors, shapes):
+    for (_, b), c, sh in zip(boxes, colors, shapes):
         t._draw_shape(draw, sh, b, t.COLORS[c])
     return im, colors, [b for _, b in boxes], order
 
@@ -56,8 +56,12 @@ def _three_colors(colors: list[str]) -> str:
 
 def vision(task: str, rng: random.Random, size: int) -> t.Example:
     if task == "count_many":
+        # smaller shapes than the demo's so that seven always fit (the demo's sizes sometimes do not)
         n = rng.randint(1, 7)
-        im, *_ = t._scene(rng, size, n, distinct_colors=False)
+        boxes = t._place(rng, [rng.randint(t._px(32, size), t._px(48, size)) for _ in range(n)], size)
+        im, draw = t._canvas(size)
+        for box in boxes:
+            t._draw_shape(draw, rng.choice(t.SHAPES), box, t.COLORS[rng.choice(list(t.COLORS))])
         return t.Example(task, "How many shapes are there?", str(n), np.asarray(im))
     if task == "count_color":
         # shapes in two colours; count those of one (0 is a possible answer only for the other)

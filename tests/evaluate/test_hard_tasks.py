@@ -65,7 +65,9 @@ def test_hard_vision_answers_match_the_pictures():
         ex = tasks.make_example("where_color", rng)
         ys, xs = np.nonzero(_mask(ex.image, _named(ex.prompt)[0]))
         half = tasks.IMAGE_SIZE / 2
-        assert ex.answer == ("top" if ys.mean() < half else "bottom") + " " + ("left" if xs.mean() < half else "right")
+        assert ex.answer == ("top" if ys.mean() < half else "bottom") + " " + (
+            "left" if xs.mean() < half else "right"
+        )
 
         ex = tasks.make_example("color_of_shape", rng)
         ys, xs = np.nonzero(_mask(ex.image, ex.answer))
@@ -81,7 +83,9 @@ def test_hard_text_answers_are_exact():
         a, b = ex.prompt.removeprefix("What is ").removesuffix("?").split(" + ")
         assert ex.answer == str(int(a) + int(b)) and 10 <= int(a) <= 99
         ex = tasks.make_example("add_three", rng)
-        assert ex.answer == str(sum(int(x) for x in ex.prompt.removeprefix("What is ").removesuffix("?").split(" + ")))
+        assert ex.answer == str(
+            sum(int(x) for x in ex.prompt.removeprefix("What is ").removesuffix("?").split(" + "))
+        )
         ex = tasks.make_example("reverse_long", rng)
         assert ex.answer.split() == ex.prompt.removeprefix("Reverse: ").split()[::-1]
         ex = tasks.make_example("sort_long", rng)
@@ -92,3 +96,10 @@ def test_hard_text_answers_are_exact():
         ex = tasks.make_example("letter_after", rng)
         k, letter = int(ex.prompt.split()[3]), ex.prompt.split()[-1].rstrip("?")
         assert ord(ex.answer) == ord(letter) + k
+
+
+def test_every_hard_picture_can_be_drawn():
+    """Placement never gives up (seven shapes to count once did, and stopped a training run)."""
+    for i in range(300):
+        for task in hard_tasks.VISION_TASKS:
+            assert hard_tasks.vision(task, random.Random(7_000 + i), tasks.IMAGE_SIZE).image is not None

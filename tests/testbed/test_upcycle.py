@@ -62,7 +62,9 @@ def test_split_upcycling_computes_the_same_function_with_different_experts(tiny)
     assert ex.down_proj.shape[2] == base.down_proj.shape[2]  # the old width: K-quants still apply
     torch.testing.assert_close(_logits(big, ids), ref, rtol=1e-4, atol=1e-5)
     for j in range(4):  # part j of expert 0 holds its units j, j+4, ... scaled by 4
-        torch.testing.assert_close(ex.down_proj[j, :, : width // 4].detach(), 4 * base.down_proj[0][:, j::4].detach())
+        torch.testing.assert_close(
+            ex.down_proj[j, :, : width // 4].detach(), 4 * base.down_proj[0][:, j::4].detach()
+        )
     assert not torch.equal(ex.gate_up_proj[0], ex.gate_up_proj[1])
     assert float(ex.down_proj[:, :, width // 4 :].detach().abs().max()) == 0.0  # fresh units: no output yet
     noisy = upcycle(load(), 4, mode="split", seed=3, router_noise=0.01)
