@@ -28,14 +28,7 @@ def hf_greedy(model, enc, examples, max_new: int = 16) -> list[str]:
     stop = [enc.end_id, enc.pad_id]
     outs = []
     for ex in examples:
-        r = enc.prompt(ex)
-        ids = torch.from_numpy(r.input_ids)[None]
-        kw = {"mm_token_type_ids": (ids == enc.image_token_id).int()}
-        if r.pixel_values is not None:
-            kw.update(
-                pixel_values=torch.from_numpy(r.pixel_values),
-                image_grid_thw=torch.from_numpy(r.image_grid_thw),
-            )
+        ids, kw = enc.single(ex)
         with torch.no_grad():
             gen = model.generate(
                 input_ids=ids,

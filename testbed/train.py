@@ -125,6 +125,20 @@ class Encoder:
         image = Image.fromarray(ex.image) if ex.image is not None else None
         return render_chat(self.tokenizer, self.image_processor, self.merge, ex.prompt, image)
 
+    def single(self, ex: tasks.Example):
+        """One unpadded prompt as model inputs: (input_ids [1, T], the other keyword arguments)."""
+        import torch
+
+        r = self.prompt(ex)
+        ids = torch.from_numpy(r.input_ids)[None]
+        kw = {"mm_token_type_ids": (ids == self.image_token_id).int()}
+        if r.pixel_values is not None:
+            kw.update(
+                pixel_values=torch.from_numpy(r.pixel_values),
+                image_grid_thw=torch.from_numpy(r.image_grid_thw),
+            )
+        return ids, kw
+
     def answer_ids(self, ex: tasks.Example) -> list[int]:
         return self.tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [self.end_id]
 
@@ -209,15 +223,8 @@ def routing_counts(model, enc: Encoder, examples: list[tasks.Example], batch_siz
     model.eval()
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        rendered = [enc.prompt(ex) for ex in chunk]
-        for r in rendered:  # one sample at a time: no padding tokens in the counts
-            ids = torch.from_numpy(r.input_ids)[None]
-            kw = {"mm_token_type_ids": (ids == enc.image_token_id).int()}
-            if r.pixel_values is not None:
-                kw.update(
-                    pixel_values=torch.from_numpy(r.pixel_values),
-                    image_grid_thw=torch.from_numpy(r.image_grid_thw),
-                )
+        for ex in chunk:  # one sample at a time: no padding tokens in the counts
+            ids, kw = enc.single(ex)
             with torch.no_grad():
                 out = model(input_ids=ids, output_router_logits=True, **kw)
             vision = (ids[0] == enc.image_token_id).numpy().astype(np.int64)
