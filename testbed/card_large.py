@@ -21,6 +21,17 @@ def _routing_rows(name: str, ro: dict) -> list[str]:
     return out
 
 
+def _stage_row(n: int, rec: dict) -> str:
+    c = rec["config"]
+    w = c.get("task_weights")
+    weights = "uniform" if not w else ", ".join(f"{k} {v:g}" for k, v in w.items()) + " (others 1)"
+    return (
+        f"| {n} | {c['steps']} | {c.get('data_offset', 0)} | {c['vision_rows']} picture + "
+        f"{c['text_rows']}x{c['text_turns']}-turn text | {weights} | {c['lr']:g} peak, warmup {c['warmup']}, "
+        f"to {c['min_lr_ratio']:g}x | {rec['train_seconds'] / 60:.1f} min | {rec['torch_threads']} |"
+    )
+
+
 def card(rep: dict, quality: str | None = None, notes: str | None = None) -> str:
     tr = rep["training"]
     c = tr["config"]
@@ -60,12 +71,17 @@ def card(rep: dict, quality: str | None = None, notes: str | None = None) -> str
         f"{c['upcycle_router_noise']} x its std), top-k 2 -> 8. Without the router noise this is exactly the",
         "   demo model's function (tests/testbed/test_upcycle.py). Copies instead of parts hardly diverged:",
         "   in a 600-step trial (noise 0.01) the copies' routing stayed close together (issue 19's notes).",
-        f"2. **Training** on the hard suite (`mode_edge/evaluate/hard_tasks.py`, split hard-train): {c['steps']} steps of "
-        f"{c['vision_rows']} picture rows + {c['text_rows']}x{c['text_turns']}-turn text rows, AdamW lr {c['lr']:g} "
-        f"(warmup {c['warmup']}, cosine to {c['min_lr_ratio']:g}x), seed {c['seed']}, {tr['torch_threads']} threads.",
+        "2. **Training** on the hard suite (`mode_edge/evaluate/hard_tasks.py`, split hard-train), AdamW,",
+        "   cosine schedule; each stage continues the last one's checkpoint and data stream:",
+        "",
+        "| stage | steps | data from step | rows per step | task weights | learning rate | wall time | threads |",
+        "|---|---|---|---|---|---|---|---|",
+        *(_stage_row(n, s) for n, s in enumerate(tr.get("stages", [tr]), 1)),
         "",
         f"**Time to build here from nothing** (2 CPU cores, the demo model in the repository): "
-        f"**{tr['train_seconds'] / 60:.1f} min** in one run. Deterministic for the seed and thread count.",
+        f"**{tr['train_seconds'] / 60:.1f} min** of training, the stages' wall times summed (loading and saving"
+        " add seconds). Deterministic for the seed and thread count. A build stopped between stages"
+        " resumes from the last complete one (DIR.stageN).",
         "",
         "Held-out accuracy during training (transformers, hard-test samples from 100000 on):",
         "",

@@ -7,16 +7,20 @@ import json
 import numpy as np
 import pytest
 
-from testbed.build_large import RECIPE, build_large
+from testbed.build_large import RECIPE, STAGES, build_large
 from testbed.report_large import routing_stats
 
 
 def test_a_built_testbed_is_reused_and_another_model_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "t64"
     out.mkdir()
-    (out / "training.json").write_text(json.dumps({"config": {**RECIPE, "threads": 2}}))
+    stages = [{"config": {**s, "threads": 2}} for s in STAGES]
+    (out / "training.json").write_text(json.dumps({"config": stages[0]["config"], "stages": stages}))
     assert build_large(out) == out  # returns at once: nothing trained
     assert "recipe unchanged" in capsys.readouterr().err
+    (out / "training.json").write_text(json.dumps({"config": {**RECIPE, "threads": 2}}))  # stage 1 only
+    with pytest.raises(SystemExit, match="another model"):
+        build_large(out)
     (out / "training.json").write_text(json.dumps({"config": {**RECIPE, "steps": 5}}))
     with pytest.raises(SystemExit, match="another model"):
         build_large(out)
