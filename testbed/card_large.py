@@ -32,7 +32,9 @@ def _stage_row(n: int, rec: dict) -> str:
     )
 
 
-def card(rep: dict, quality: str | None = None, notes: str | None = None) -> str:
+def card(
+    rep: dict, quality: str | None = None, notes: str | None = None, quality_notes: str | None = None
+) -> str:
     tr = rep["training"]
     c = tr["config"]
     lc, tb, demo, gr = rep["llama_cpp"], rep["testbed"], rep["demo"], rep["greedy"]
@@ -171,4 +173,6 @@ def card(rep: dict, quality: str | None = None, notes: str | None = None) -> str
             "```",
             "",
         ]
+    if quality_notes:
+        lines += [quality_notes.rstrip(), ""]
     return "\n".join(lines)

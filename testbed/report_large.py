@@ -1,7 +1,8 @@
 """Measure what the 64-expert testbed's card reports, and write the card.
 
     python -m testbed.report_large measure [--model DIR] --gguf-dir /tmp/t64-f32 -o report.json
-    python -m testbed.report_large card report.json [--quality quality.txt] -o examples/testbed-64e/README.md
+    python -m testbed.report_large card report.json [--quality quality.txt] [--notes notes.md]
+        [--quality-notes q.md] -o examples/testbed-64e/README.md
 
 measure: the F32 GGUF through llama.cpp (`mode-edge eval`, hard-test) and the checkpoint through
 transformers (greedy generation, sample by sample, and teacher-forced accuracy); routing by
@@ -155,6 +156,7 @@ def main() -> None:
     c.add_argument("report", type=Path)
     c.add_argument("--quality", type=Path, default=None, help="benchmarks/quality.py's quality.txt")
     c.add_argument("--notes", type=Path, default=None, help="markdown added after the routing section")
+    c.add_argument("--quality-notes", type=Path, default=None, help="markdown added after the quality table")
     c.add_argument("-o", "--output", type=Path, required=True)
     a = ap.parse_args()
     if a.cmd == "measure":
@@ -164,9 +166,8 @@ def main() -> None:
         from testbed.card_large import card
 
         rep = json.loads(a.report.read_text())
-        a.output.write_text(
-            card(rep, a.quality.read_text() if a.quality else None, a.notes.read_text() if a.notes else None)
-        )
+        text = [f.read_text() if f else None for f in (a.quality, a.notes, a.quality_notes)]
+        a.output.write_text(card(rep, *text))
 
 
 if __name__ == "__main__":

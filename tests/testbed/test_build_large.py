@@ -44,3 +44,18 @@ def test_routing_stats():
     assert layer["cv"] > 0
     assert layer["sibling_text_range"] == pytest.approx(0.5)  # parts 0-3: text shares 0, 1, 0, 0.5; 4-7 alike
     assert d["mostly_text_experts"] == 1 and d["experts"] == L * E
+
+
+def test_the_committed_card_renders_from_its_report_with_sections_in_order():
+    """The card is generated: the committed report.json must still render, stage rows included."""
+    from pathlib import Path
+
+    from testbed.card_large import card
+
+    ex = Path(__file__).resolve().parents[2] / "examples" / "testbed-64e"
+    rep = json.loads((ex / "report.json").read_text())
+    text = card(rep, "QUALITY-TABLE", "ROUTING-NOTES", "ORDERING-NOTES")
+    assert text.index("ROUTING-NOTES") < text.index("QUALITY-TABLE") < text.index("ORDERING-NOTES")
+    for n, st in enumerate(rep["training"]["stages"], 1):
+        assert f"| {n} | {st['config']['steps']} | {st['config']['data_offset']} |" in text
+    assert f"{rep['training']['train_seconds'] / 60:.1f} min" in text
