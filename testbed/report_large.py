@@ -166,8 +166,11 @@ def main() -> None:
         from testbed.card_large import card
 
         rep = json.loads(a.report.read_text())
-        text = [f.read_text() if f else None for f in (a.quality, a.notes, a.quality_notes)]
-        a.output.write_text(card(rep, *text))
+
+        def read(f: Path | None) -> str | None:
+            return f.read_text() if f else None
+
+        a.output.write_text(card(rep, read(a.quality), read(a.notes), read(a.quality_notes)))
 
 
 if __name__ == "__main__":

@@ -59,3 +59,6 @@ def test_the_committed_card_renders_from_its_report_with_sections_in_order():
     for n, st in enumerate(rep["training"]["stages"], 1):
         assert f"| {n} | {st['config']['steps']} | {st['config']['data_offset']} |" in text
     assert f"{rep['training']['train_seconds'] / 60:.1f} min" in text
+    # the committed card is this rendering of its committed sources, not a hand-edited copy
+    parts = [(ex / f).read_text() for f in ("quality.txt", "notes.md", "quality-notes.md")]
+    assert (ex / "README.md").read_text() == card(rep, *parts)
