@@ -209,7 +209,9 @@ def report(rows: list[dict], out: Path, default: str | None = None, model: str =
         *preset_lines(rows, default),
     ]
     if _ok(rows, "heldout"):
-        lines += ["", "held-out check (test samples from 100000 on):", *summary(rows, "heldout")]
+        starts = sorted({r.get("start", 100_000) for r in _ok(rows, "heldout")})
+        where = ", ".join(map(str, starts))
+        lines += ["", f"held-out check (test samples from {where} on):", *summary(rows, "heldout")]
         for w in budgets:
             lines += paired_wins([{**r, "split": "bench"} for r in _ok(rows, "heldout")], default, w)
     text = "\n".join(lines)

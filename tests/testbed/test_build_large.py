@@ -62,3 +62,34 @@ def test_the_committed_card_renders_from_its_report_with_sections_in_order():
     # the committed card is this rendering of its committed sources, not a hand-edited copy
     parts = [(ex / f).read_text() for f in ("quality.txt", "notes.md", "quality-notes.md")]
     assert (ex / "README.md").read_text() == card(rep, *parts)
+
+
+def test_the_build_records_whether_it_ran_in_one_invocation(tmp_path, monkeypatch):
+    """The card calls a time 'one run from nothing' only if build-large resumed no stage."""
+    import testbed.build_large as bl
+    from testbed.card_large import _build_time
+
+    def fake_stage(stage_dir, cfg, n, of):  # the bookkeeping, without training
+        stage_dir.mkdir(parents=True)
+        rec = {"config": {k: getattr(cfg, k) for k in STAGES[n - 1]}, "history": [], "train_seconds": 60.0}
+        (stage_dir / "training.json").write_text(json.dumps({**rec, "torch_threads": 2}))
+
+    monkeypatch.setattr(bl, "_train_stage", fake_stage)
+    out = tmp_path / "t64"
+    build_large(out)
+    rec = json.loads((out / "training.json").read_text())
+    assert rec["build"]["resumed_stages"] == [] and rec["build"]["wall_seconds"] >= 0
+    assert rec["train_seconds"] == 60.0 * len(STAGES)
+    assert "from nothing, in one run" in _build_time(rec)
+    assert not list(tmp_path.glob("t64.stage*"))  # stage checkpoints are removed once the build is whole
+
+    # a build stopped after stage 1 and started again resumes it: not one run's time
+    out2 = tmp_path / "again"
+    fake_stage(tmp_path / "again.stage1", bl.TrainConfig(**STAGES[0]), 1, len(STAGES))
+    build_large(out2)
+    rec2 = json.loads((out2 / "training.json").read_text())
+    assert rec2["build"]["resumed_stages"] == [1]
+    text = _build_time(rec2)
+    assert "in one run" not in text and "stage 1 came from an earlier invocation" in text
+    del rec2["build"]  # a record from before build-large kept the wall time
+    assert "was not recorded" in _build_time(rec2)
