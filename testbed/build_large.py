@@ -9,7 +9,7 @@ fine-grained experts (each holds a quarter of the old units, x4, plus fresh unit
 upcycle.py) -> 64 experts of width 256, top-8, the same function at step 0; then trained on the
 hard task suite (mode_edge/evaluate/hard_tasks.py) so that the experts diverge and the harder
 tasks are learnt (STAGES: stage 2 spends its steps on the tasks stage 1 left unlearnt).
-Deterministic for the seed and thread count. Writes DIR.partial and renames it
+Deterministic for the seed and thread count (torch's deterministic kernels). Writes DIR.partial and renames it
 to DIR when done, so DIR is always a complete checkpoint.
 """
 
@@ -125,6 +125,7 @@ def build_large(out: Path | None = None, threads: int = 2, steps: int | None = N
         "train_seconds": sum(r["train_seconds"] for r in records),
         "history": history,
         "torch_threads": first["torch_threads"],
+        "deterministic_kernels": all(r.get("deterministic_kernels") for r in records),
         # this invocation: its wall time is the build's time from nothing only if nothing was resumed
         "build": {"wall_seconds": round(time.perf_counter() - t0, 1), "resumed_stages": resumed},
     }

@@ -26,9 +26,11 @@ def _build_time(tr: dict) -> str:
     b = tr.get("build")
     train = f"{tr['train_seconds'] / 60:.1f} min"
     tail = (
-        " Deterministic for the seed and thread count. A build stopped between stages resumes from"
-        " the last complete one (DIR.stageN)."
-    )
+        " Deterministic for the seed and thread count (torch's deterministic kernels)."
+        if tr.get("deterministic_kernels")
+        else " **Not reproducible to the byte:** trained before the trainer used torch's deterministic"
+        " kernels, so a rebuild gives a slightly different model (see the notes below)."
+    ) + " A build stopped between stages resumes from the last complete one (DIR.stageN)."
     if b and not b["resumed_stages"]:
         return (
             "**Time to build here from nothing, in one run** (`python -m testbed build-large`, 2 CPU"

@@ -449,6 +449,7 @@ def _train(out_dir: Path, cfg: TrainConfig, log: Callable[[dict], None], snapsho
         "train_seconds": seconds,
         "history": history,
         "torch_threads": torch.get_num_threads(),
+        "deterministic_kernels": torch.are_deterministic_algorithms_enabled(),
     }
     (out_dir / "training.json").write_text(json.dumps(record, indent=1))
     return record

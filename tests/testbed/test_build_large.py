@@ -72,7 +72,8 @@ def test_the_build_records_whether_it_ran_in_one_invocation(tmp_path, monkeypatc
     def fake_stage(stage_dir, cfg, n, of):  # the bookkeeping, without training
         stage_dir.mkdir(parents=True)
         rec = {"config": {k: getattr(cfg, k) for k in STAGES[n - 1]}, "history": [], "train_seconds": 60.0}
-        (stage_dir / "training.json").write_text(json.dumps({**rec, "torch_threads": 2}))
+        rec |= {"torch_threads": 2, "deterministic_kernels": True}
+        (stage_dir / "training.json").write_text(json.dumps(rec))
 
     monkeypatch.setattr(bl, "_train_stage", fake_stage)
     out = tmp_path / "t64"
@@ -80,7 +81,7 @@ def test_the_build_records_whether_it_ran_in_one_invocation(tmp_path, monkeypatc
     rec = json.loads((out / "training.json").read_text())
     assert rec["build"]["resumed_stages"] == [] and rec["build"]["wall_seconds"] >= 0
     assert rec["train_seconds"] == 60.0 * len(STAGES)
-    assert "from nothing, in one run" in _build_time(rec)
+    assert "from nothing, in one run" in _build_time(rec) and "Deterministic for the seed" in _build_time(rec)
     assert not list(tmp_path.glob("t64.stage*"))  # stage checkpoints are removed once the build is whole
 
     # a build stopped after stage 1 and started again resumes it: not one run's time
@@ -91,5 +92,5 @@ def test_the_build_records_whether_it_ran_in_one_invocation(tmp_path, monkeypatc
     assert rec2["build"]["resumed_stages"] == [1]
     text = _build_time(rec2)
     assert "in one run" not in text and "stage 1 came from an earlier invocation" in text
-    del rec2["build"]  # a record from before build-large kept the wall time
-    assert "was not recorded" in _build_time(rec2)
+    del rec2["build"], rec2["deterministic_kernels"]  # a record from before both were kept
+    assert "was not recorded" in _build_time(rec2) and "Not reproducible to the byte" in _build_time(rec2)
