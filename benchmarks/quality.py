@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the checkout's testbed/
 
-from quality_report import PRESETS, report  # noqa: E402
+from quality_report import PRESETS, report, row_key  # noqa: E402
 
 from mode_edge.allocate.allocator import AllocOptions, allocate, method_importance  # noqa: E402
 from mode_edge.allocate.budget import Budget  # noqa: E402
@@ -128,16 +128,16 @@ class Bench:
             if self.rows_path.is_file()
             else []
         )
-        self.done = {(r["name"], str(r["seed"]), r.get("split", "bench")) for r in self.rows}
+        self.done = {row_key(r) for r in self.rows}
         self.ref_cache: dict = {}
         self.ref: Path | None = None
 
-    def has(self, name: str, seed, split: str = "bench") -> bool:
-        return (name, str(seed), split) in self.done
+    def has(self, name: str, seed, split: str = "bench", start: int | None = None) -> bool:
+        return row_key({"name": name, "seed": seed, "split": split, "start": start}) in self.done
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
-        self.done.add((row["name"], str(row["seed"]), row.get("split", "bench")))
+        self.done.add(row_key(row))
         with self.rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps({k: v for k, v in row.items() if k != "path"}), flush=True)
@@ -313,7 +313,7 @@ def heldout(b: Bench, start: int) -> None:
             r.get("split", "bench") == "bench"
             and r["name"] in names
             and "path" in r
-            and not b.has(r["name"], r["seed"], "heldout")
+            and not b.has(r["name"], r["seed"], "heldout", start)
         ):
             b.add(
                 {

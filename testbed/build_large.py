@@ -9,8 +9,9 @@ fine-grained experts (each holds a quarter of the old units, x4, plus fresh unit
 upcycle.py) -> 64 experts of width 256, top-8, the same function at step 0; then trained on the
 hard task suite (mode_edge/evaluate/hard_tasks.py) so that the experts diverge and the harder
 tasks are learnt (STAGES: stage 2 spends its steps on the tasks stage 1 left unlearnt).
-Deterministic for the seed and thread count (torch's deterministic kernels). Writes DIR.partial and renames it
-to DIR when done, so DIR is always a complete checkpoint.
+Deterministic for the seed and thread count with torch's deterministic kernels (checked over a
+few steps, not yet over a whole build). Writes DIR.partial and renames it to DIR when done, so DIR
+is always a complete checkpoint.
 """
 
 from __future__ import annotations

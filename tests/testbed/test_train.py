@@ -89,7 +89,7 @@ def test_training_is_deterministic(trained, tmp_path):
 
 def test_training_with_many_experts_per_token_is_deterministic(tmp_path):
     """64 experts, top-8 (the testbed's routing): without deterministic kernels two runs of 3 steps
-    differed in 91 of 93 tensors (the CPU backward of the expert gather adds in thread order)."""
+    differed in 91 of 93 tensors (the CPU backward adds in thread order)."""
     import dataclasses
 
     from safetensors.numpy import load_file
