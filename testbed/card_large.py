@@ -123,7 +123,7 @@ def card(
         "",
         "Vision: count 1-7 shapes; count the shapes of one colour among two colours; name the colour of",
         "the circle/square/triangle among 2-3; which quadrant a named colour is in; which of three shapes",
-        "is in the middle; which of three is biggest; read a two-digit number; read two words. Text:",
+        "is in the middle; which of three is biggest; read a two-digit number; read a word in a small font. Text:",
         "two-digit additions, three-term additions, reverse 4-7 letters, sort 4-7 digits (repeats",
         "allowed), the initial of a made-up capital, the letter k (1-4) after a letter. The test split",
         "alternates the families and cycles through each family's tasks.",

@@ -2,7 +2,7 @@
 
 The demo model keeps 86-90 % of its vision accuracy under every quantization, so accuracy never
 separates methods. These tasks ask more of the same pictures and texts: more objects to count,
-two-digit numbers and word pairs to read, relations between three objects, counting one colour
+two-digit numbers and small words to read, relations between three objects, counting one colour
 among others, and multi-step text (carrying additions, longer sequences, a fact then a step).
 Each task mixes easy and hard instances (e.g. 1 to 7 shapes to count), so a family's accuracy
 lands between chance and certainty for a small model. Pictures are the demo's (320 px, plain
@@ -25,7 +25,7 @@ VISION_TASKS = (
     "middle",
     "biggest",
     "number",
-    "word_pair",
+    "small_word",
 )
 TEXT_TASKS = ("add_big", "add_three", "reverse_long", "sort_long", "capital_initial", "letter_after")
 
@@ -118,15 +118,17 @@ def vision(task: str, rng: random.Random, size: int) -> t.Example:
     if task == "number":
         n = str(rng.randint(10, 99))
         return t.Example(task, "What number is written?", n, np.asarray(t._text_image(rng, size, n)))
-    if task == "word_pair":
-        w = rng.sample(t.WORDS, 2)
-        text = " ".join(w)
-        return t.Example(task, "What words are written?", text, np.asarray(_small_text(rng, size, text)))
+    if task == "small_word":
+        # one word in a smaller font than the demo's, anywhere in the picture. It replaced reading
+        # two words, which stayed at 0-16 % however it was trained (issue 19's notes): a task at
+        # the floor cannot show what quantization costs
+        w = rng.choice(t.WORDS)
+        return t.Example(task, "What word is written?", w, np.asarray(_small_text(rng, size, w)))
     raise ValueError(task)
 
 
 def _small_text(rng: random.Random, size: int, text: str):
-    """Text in a smaller font than the demo's (two words must fit the picture)."""
+    """Text in a smaller font than the demo's (44-56 px at 320 px against its 72-104)."""
     im, draw = t._canvas(size)
     font = t._font(rng.randint(t._px(44, size), t._px(56, size)))
     l, top, r, b = draw.textbbox((0, 0), text, font=font)
