@@ -66,6 +66,7 @@ def card(
     tr = rep["training"]
     c = tr["config"]
     lc, tb, demo, gr = rep["llama_cpp"], rep["testbed"], rep["demo"], rep["greedy"]
+    ho = tb.get("held_out")  # reports before it was measured have no held-out column
     E = c["n_experts"]
     lines = [
         "# testbed-64e: a Qwen3-VL-MoE with 64 fine-grained experts, top-8, on harder tasks",
@@ -130,21 +131,25 @@ def card(
         "",
         f"## Accuracy (hard-test, first {rep['samples']['test']} samples, greedy, exact match)",
         "",
-        "| family / task | samples | llama.cpp F32 | transformers | demo model (transformers) |",
-        "|---|---|---|---|---|",
+        "| family / task | samples | llama.cpp F32 | transformers | demo model (transformers) |"
+        + (f" held-out {ho['start']}-{ho['start'] + ho['n'] - 1} (transformers) |" if ho else ""),
+        "|---|---|---|---|---|" + ("---|" if ho else ""),
     ]
+
+    def row(key: str, n: int, acc: float, bold: bool) -> str:
+        b = "**" if bold else ""
+        r = (
+            f"| {b}{key}{b} | {n} | {b}{_pct(acc)}{b} | {_pct(tb['teacher_forced'][key])} | "
+            f"{_pct(demo['teacher_forced'][key])} |"
+        )
+        return r + (f" {_pct(ho['accuracy'][key])} ({ho['samples'][key]}) |" if ho else "")
+
     for fam in ("vision", "text"):
         d = lc["families"][fam]
-        lines.append(
-            f"| **{fam}** | {d['n']} | **{_pct(d['accuracy'])}** | {_pct(tb['teacher_forced'][fam])} | "
-            f"{_pct(demo['teacher_forced'][fam])} |"
-        )
+        lines.append(row(fam, d["n"], d["accuracy"], True))
         for t, v in lc["by_task"].items():
             if v["family"] == fam:
-                lines.append(
-                    f"| {t} | {v['n']} | {_pct(v['accuracy'])} | {_pct(tb['teacher_forced'][t])} | "
-                    f"{_pct(demo['teacher_forced'][t])} |"
-                )
+                lines.append(row(t, v["n"], v["accuracy"], False))
     one = 100 / min(lc["families"][f]["n"] for f in ("vision", "text"))
     lines += [
         "",

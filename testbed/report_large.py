@@ -91,6 +91,19 @@ def routing_stats(counts: np.ndarray, siblings: int = 1) -> dict:
     }
 
 
+def held_out(model, enc, start: int, n: int) -> dict:
+    """Accuracy on a hard-test slice that no choice was made on (the rule: choices are judged on
+    slices from 100000 on, never on the reported first samples), with its sample counts."""
+    from collections import Counter
+
+    from mode_edge.evaluate import tasks
+    from testbed.train import evaluate_hf
+
+    ex = tasks.split_examples("hard-test", n, start=start)
+    counts = Counter([e.task for e in ex] + [e.family for e in ex])
+    return {"start": start, "n": n, "accuracy": evaluate_hf(model, enc, ex), "samples": dict(counts)}
+
+
 def measure(a) -> dict:
     import torch
     from transformers import Qwen3VLMoeForConditionalGeneration
@@ -119,6 +132,7 @@ def measure(a) -> dict:
             "counts": counts.tolist(),
         }
         if name == "testbed":
+            rep[name]["held_out"] = held_out(model, enc, a.heldout_start, a.heldout)
             t = time.perf_counter()
             outs = hf_greedy(model, enc, test)
             lco = [p["output"].strip() for p in lc.predictions]
@@ -151,7 +165,13 @@ def main() -> None:
     m.add_argument("--test", type=int, default=400)
     m.add_argument("--calibration", type=int, default=256)
     m.add_argument("--threads", type=int, default=None)
+    m.add_argument("--heldout-start", type=int, default=200000, help="first sample of the held-out slice")
+    m.add_argument("--heldout", type=int, default=800, help="held-out samples (transformers)")
     m.add_argument("-o", "--output", type=Path, required=True)
+    h = sub.add_parser("heldout", help="accuracy of a model on a held-out hard-test slice (transformers)")
+    h.add_argument("--model", type=Path, required=True)
+    h.add_argument("--start", type=int, default=200000)
+    h.add_argument("--n", type=int, default=800)
     c = sub.add_parser("card")
     c.add_argument("report", type=Path)
     c.add_argument("--quality", type=Path, default=None, help="benchmarks/quality.py's quality.txt")
@@ -162,6 +182,15 @@ def main() -> None:
     if a.cmd == "measure":
         a.model = a.model or default_dir()
         a.output.write_text(json.dumps(measure(a), indent=1))
+    elif a.cmd == "heldout":
+        import torch
+        from transformers import Qwen3VLMoeForConditionalGeneration
+
+        from testbed.train import Encoder
+
+        model = Qwen3VLMoeForConditionalGeneration.from_pretrained(a.model, dtype=torch.float32)
+        r = held_out(model.eval(), Encoder.from_dir(a.model), a.start, a.n)
+        print(json.dumps({k: round(100 * v, 1) for k, v in r["accuracy"].items()}))
     else:
         from testbed.card_large import card
 
