@@ -11,7 +11,6 @@ position with the expected answer fed in (teacher forcing), the closing end-of-t
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 from mode_edge.arch import architecture_of_gguf
 from mode_edge.errors import UserError
 from mode_edge.evaluate import tasks as task_gen
+from mode_edge.quantize.encode import default_threads
 
 # -- finding files ---------------------------------------------------------------------------
 
@@ -275,7 +275,7 @@ def evaluate(
     text_path, mmproj_path = resolve_model(model_path, mmproj)
     ref_paths = resolve_model(reference, reference_mmproj) if reference is not None else None
     examples = load_examples(tasks, limit, start)
-    threads = threads or os.cpu_count() or 1
+    threads = threads or default_threads()  # the cores this process may use (taskset, cgroups)
     t0 = time.perf_counter()
     model = Model(text_path, mmproj_path, n_ctx, threads)
     ref = None
