@@ -128,6 +128,7 @@ def build_large(out: Path | None = None, threads: int = 2, steps: int | None = N
         "history": history,
         "torch_threads": first["torch_threads"],
         "deterministic_kernels": all(r.get("deterministic_kernels") for r in records),
+        "machine": records[-1].get("machine"),
         # this invocation: its wall time is the build's time from nothing only if nothing was resumed
         "build": {"wall_seconds": round(time.perf_counter() - t0, 1), "resumed_stages": resumed},
     }

@@ -377,6 +377,24 @@ def grow_vision(model, depth: int, ff: int, std: float = 0.02) -> None:
     vc.depth, vc.intermediate_size = len(vis.blocks), max(ff, vc.intermediate_size)
 
 
+def machine() -> dict:
+    """What the bytes of a build may depend on beyond the recipe: two full builds of one recipe,
+    in different sessions, diverged by step 160 (loss 0.77547 vs 0.77590); the CPU the kernels
+    dispatch for and the package versions are the candidates, so each build records them."""
+    from importlib.metadata import version
+
+    import torch
+
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
+    )
+    return {
+        "cpu": cpu,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **{p: version(p) for p in ("torch", "numpy", "pillow", "transformers", "tokenizers")},
+    }
+
+
 def train(
     out_dir: Path,
     cfg: TrainConfig,
@@ -450,6 +468,7 @@ def _train(out_dir: Path, cfg: TrainConfig, log: Callable[[dict], None], snapsho
         "history": history,
         "torch_threads": torch.get_num_threads(),
         "deterministic_kernels": torch.are_deterministic_algorithms_enabled(),
+        "machine": machine(),
     }
     (out_dir / "training.json").write_text(json.dumps(record, indent=1))
     return record
