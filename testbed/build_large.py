@@ -9,8 +9,9 @@ fine-grained experts (each holds a quarter of the old units, x4, plus fresh unit
 upcycle.py) -> 64 experts of width 256, top-8, the same function at step 0; then trained on the
 hard task suite (mode_edge/evaluate/hard_tasks.py) so that the experts diverge and the harder
 tasks are learnt (STAGES: stage 2 spends its steps on the tasks stage 1 left unlearnt).
-Deterministic for the seed and thread count with torch's deterministic kernels (checked over a
-few steps, not yet over a whole build). Writes DIR.partial and renames it to DIR when done, so DIR
+Uses torch's deterministic kernels (the same bytes over a few steps in two processes), yet two
+full builds in different sessions diverged by step 160: close, not byte-identical (training.json
+records the machine and package versions to find out why). Writes DIR.partial and renames it to DIR when done, so DIR
 is always a complete checkpoint.
 """
 
