@@ -26,9 +26,8 @@ def _build_time(tr: dict) -> str:
     b = tr.get("build")
     train = f"{tr['train_seconds'] / 60:.1f} min"
     tail = (
-        " Trained with torch's deterministic kernels, yet two full builds of the recipe in different"
-        " sessions diverged (step-160 loss 0.77547 and 0.77590): a rebuild is close, not byte-identical"
-        " (see the notes below)."
+        " Trained with torch's deterministic kernels; a rebuild in another session came out close, not"
+        " byte-identical (see the notes below)."
         if tr.get("deterministic_kernels")
         else " **Not reproducible to the byte:** trained before the trainer used torch's deterministic"
         " kernels, so a rebuild gives a slightly different model (see the notes below)."

@@ -378,18 +378,20 @@ def grow_vision(model, depth: int, ff: int, std: float = 0.02) -> None:
 
 
 def machine() -> dict:
-    """What the bytes of a build may depend on beyond the recipe: two full builds of one recipe,
-    in different sessions, diverged by step 160 (loss 0.77547 vs 0.77590); the CPU the kernels
-    dispatch for and the package versions are the candidates, so each build records them."""
+    """What a build's bytes may depend on beyond the recipe (two builds in different sessions
+    diverged): the CPU the kernels dispatch for and the package versions."""
+    import platform
     from importlib.metadata import version
 
     import torch
 
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
-    )
+    try:  # Linux; elsewhere the architecture is all we name
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        cpu = ""
     return {
-        "cpu": cpu,
+        "cpu": cpu or platform.machine(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         **{p: version(p) for p in ("torch", "numpy", "pillow", "transformers", "tokenizers")},
     }

@@ -21,7 +21,7 @@ import numpy as np
 from mode_edge.arch import architecture_of_gguf
 from mode_edge.errors import UserError
 from mode_edge.evaluate import tasks as task_gen
-from mode_edge.quantize.encode import default_threads
+from mode_edge.quantize import default_threads
 
 # -- finding files ---------------------------------------------------------------------------
 

@@ -94,3 +94,16 @@ def test_the_build_records_whether_it_ran_in_one_invocation(tmp_path, monkeypatc
     assert "in one run" not in text and "stage 1 came from an earlier invocation" in text
     del rec2["build"], rec2["deterministic_kernels"]  # a record from before both were kept
     assert "was not recorded" in _build_time(rec2) and "Not reproducible to the byte" in _build_time(rec2)
+
+
+def test_training_names_the_machine_a_builds_bytes_depend_on():
+    import torch
+
+    from testbed.train import machine
+
+    m = machine()
+    assert (
+        m["torch"] == torch.__version__
+        and m["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    )
+    assert m["cpu"] and all(m[p] for p in ("numpy", "pillow", "transformers", "tokenizers"))
